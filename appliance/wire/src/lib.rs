@@ -1,0 +1,25 @@
+//! The wire contract between Tally's agents and its appliance.
+//!
+//! Agents (and any Arrow Flight client) write Arrow record batches to the appliance with
+//! Flight `DoPut`, naming the table as the descriptor path. This crate defines every table's
+//! Arrow schema once; the appliance validates incoming batches against it and the agents
+//! build their batches from it.
+//!
+//! # Units (the same in every table)
+//! - Time: `Timestamp(Millisecond, "UTC")` in a column named `time`.
+//! - CPU: cores as `Float64` (`0.25` is 250 millicores), in columns ending `_cores`.
+//! - Memory, storage and traffic: bytes as `Int64`, in columns ending `_bytes`.
+//! - Money: US dollars as `Float64`, in columns ending `_usd`.
+//! - Labels: a JSON object as `Utf8` (`{"app":"web"}`), so every schema stays flat and any
+//!   Flight client can write it without matching nested field names.
+
+mod ack;
+pub mod client;
+mod tables;
+
+pub use ack::IngestAck;
+pub use client::{ClientError, ClientTls, IngestClient, WriteError};
+pub use tables::{SchemaMismatch, Table, TableDef, UnknownTable, histogram_type, validate_schema};
+
+/// The column every table is partitioned and pruned by.
+pub const TIME_COLUMN: &str = "time";
