@@ -1,0 +1,261 @@
+//! The `tally` command line. Every flag is documented here; `tally help <command>` prints it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use tally_wire::Table;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tally",
+    version,
+    about = "Tally: Kubernetes cost and efficiency, inside your cluster",
+    long_about = "Tally stores what its agents observe about a Kubernetes cluster as Arrow/Parquet, \
+                  analyses it with SQL and shows costs, waste and recommendations.\n\n\
+                  Start with `tally demo`: the appliance fed by a simulated cluster, UI on localhost."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the appliance: Arrow Flight ingest and Flight SQL (mutual TLS), HTTP UI and SQL API.
+    Serve(ServeArgs),
+    /// Run the appliance on localhost fed by a built-in simulated cluster (14 days of history, then live).
+    Demo(DemoArgs),
+    /// Run one read-only SQL query against a running appliance and print the result.
+    Sql(SqlArgs),
+    /// Create a CA, a server certificate and a client certificate for mutual TLS.
+    Certs(CertsArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct StoreArgs {
+    /// Directory for the write-ahead log, the manifest and the Parquet files.
+    #[arg(long, env = "TALLY_DATA_DIR", default_value = "/var/lib/tally")]
+    pub data_dir: PathBuf,
+    /// Flush buffered rows to Parquet at least this often (e.g. 10s, 1m).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub flush_interval: Duration,
+    /// Flush as soon as this many rows are buffered.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub flush_rows: usize,
+    /// Run compaction (merging small files) and retention this often.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub maintenance_interval: Duration,
+    /// Delete files replaced by compaction or dropped by retention this long after, so
+    /// queries that started before can finish reading them.
+    #[arg(long, default_value = "2m", value_parser = parse_duration)]
+    pub delete_grace: Duration,
+    /// Keep a table's rows this long, overriding the default (repeatable), e.g.
+    /// `--retention container_usage=30d`. Defaults: raw usage and flows 15d, DNS 7d, hourly
+    /// rollups, inventory and events 90d, prices, recommendations and actions 365d.
+    #[arg(long = "retention", value_parser = parse_retention)]
+    pub retention: Vec<(Table, Duration)>,
+    /// Memory one SQL query may use before it fails (bytes; suffixes KiB, MiB, GiB).
+    #[arg(long, default_value = "512MiB", value_parser = parse_bytes)]
+    pub query_memory: usize,
+    /// Time one SQL query may run before it is cancelled.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub query_timeout: Duration,
+    /// The largest Arrow batch message accepted on ingest (bytes; suffixes KiB, MiB, GiB).
+    #[arg(long, default_value = "64MiB", value_parser = parse_bytes)]
+    pub max_message_bytes: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Address of the Arrow Flight endpoint (ingest and Flight SQL).
+    #[arg(long, env = "TALLY_FLIGHT_LISTEN", default_value = "0.0.0.0:50051")]
+    pub flight_listen: SocketAddr,
+    /// Address of the HTTP server (UI, SQL API, export, /healthz, /metrics).
+    #[arg(long, env = "TALLY_HTTP_LISTEN", default_value = "0.0.0.0:8080")]
+    pub http_listen: SocketAddr,
+    /// The appliance's TLS certificate (PEM).
+    #[arg(long, env = "TALLY_TLS_CERT", requires_all = ["tls_key", "client_ca"])]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "TALLY_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// CA whose client certificates may write (PEM); clients without one are refused.
+    #[arg(long, env = "TALLY_CLIENT_CA")]
+    pub client_ca: Option<PathBuf>,
+    /// Accept Flight connections without TLS. For local demos only: anyone who can reach
+    /// the port can write.
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_key", "client_ca"])]
+    pub insecure: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Where to keep the demo's data (default: a new temporary directory, removed on exit).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Address of the UI and SQL API.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub http_listen: SocketAddr,
+    /// Address of the Flight endpoint the simulated agents write to (port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub flight_listen: SocketAddr,
+    /// Seed of the simulated cluster: the same seed gives the same cluster and history.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Number of nodes.
+    #[arg(long, default_value_t = 50)]
+    pub nodes: usize,
+    /// Number of workloads.
+    #[arg(long, default_value_t = 600)]
+    pub workloads: usize,
+    /// Days of history to backfill at start-up.
+    #[arg(long, default_value_t = 14)]
+    pub days: u32,
+    /// Sample interval of the backfilled history.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub history_step: Duration,
+    /// Sample interval of the live stream after the backfill.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub live_step: Duration,
+    /// Stop after the backfill instead of streaming live (for scripts and tests).
+    #[arg(long)]
+    pub no_live: bool,
+    /// Exit after the backfill (implies --no-live); prints what was loaded.
+    #[arg(long)]
+    pub exit_after_backfill: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SqlArgs {
+    /// The query: SELECT, WITH, EXPLAIN, SHOW TABLES, SHOW COLUMNS FROM t, DESCRIBE t.
+    pub query: String,
+    /// The appliance's HTTP address.
+    #[arg(long, env = "TALLY_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: SqlFormat,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum SqlFormat {
+    Table,
+    Json,
+    Csv,
+}
+
+#[derive(Debug, Args)]
+pub struct CertsArgs {
+    /// Directory to write ca.pem, server.pem, client.pem and their keys into.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// DNS names and IP addresses of the appliance (repeatable).
+    #[arg(long = "server-name", default_values_t = ["localhost".to_string(), "127.0.0.1".to_string()])]
+    pub server_names: Vec<String>,
+    /// Common name of the client certificate.
+    #[arg(long, default_value = "tally-agent")]
+    pub client_name: String,
+}
+
+/// Parses `500ms`, `10s`, `5m`, `2h`, `14d` (a bare number is seconds).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number.parse().map_err(|_| {
+        format!("`{text}` is not a duration: use a number with ms, s, m, h or d, like 30s")
+    })?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "" | "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        "d" => value * 86_400.0,
+        other => {
+            return Err(format!(
+                "unknown duration unit `{other}` in `{text}`: use ms, s, m, h or d"
+            ));
+        }
+    };
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// Parses `512MiB`, `1GiB`, `64KiB` or a number of bytes.
+pub fn parse_bytes(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: usize = number.parse().map_err(|_| {
+        format!("`{text}` is not a size: use a number with KiB, MiB or GiB, like 512MiB")
+    })?;
+    let factor = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" => 1 << 10,
+        "MiB" | "M" => 1 << 20,
+        "GiB" | "G" => 1 << 30,
+        other => {
+            return Err(format!(
+                "unknown size unit `{other}` in `{text}`: use KiB, MiB or GiB"
+            ));
+        }
+    };
+    Ok(value * factor)
+}
+
+/// Parses `table=duration`.
+pub fn parse_retention(text: &str) -> Result<(Table, Duration), String> {
+    let (table, duration) = text
+        .split_once('=')
+        .ok_or_else(|| format!("`{text}` should look like container_usage=30d"))?;
+    Ok((
+        table
+            .parse()
+            .map_err(|e: tally_wire::UnknownTable| e.to_string())?,
+        parse_duration(duration)?,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations_sizes_and_retention_parse_with_clear_errors() {
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(
+            parse_duration("14d").unwrap(),
+            Duration::from_secs(14 * 86_400)
+        );
+        assert!(
+            parse_duration("10 parsecs")
+                .unwrap_err()
+                .contains("unknown duration unit")
+        );
+        assert_eq!(parse_bytes("512MiB").unwrap(), 512 << 20);
+        assert!(parse_bytes("lots").unwrap_err().contains("not a size"));
+        assert_eq!(
+            parse_retention("dns_lookups=2d").unwrap(),
+            (Table::DnsLookups, Duration::from_secs(2 * 86_400))
+        );
+        assert!(
+            parse_retention("nope=2d")
+                .unwrap_err()
+                .starts_with("unknown table `nope`")
+        );
+    }
+}

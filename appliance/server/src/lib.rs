@@ -1,0 +1,179 @@
+//! Tally's appliance: the store behind an Arrow Flight endpoint (ingest and Flight SQL,
+//! mutual TLS) and an HTTP server (the UI, the SQL API, export, health and metrics).
+
+pub mod cli;
+pub mod demo;
+pub mod export;
+pub mod flight;
+pub mod http;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow_flight::flight_service_server::FlightServiceServer;
+use tally_query::{QueryEngine, QueryLimits};
+use tally_store::{Store, StoreConfig, StoreError};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::tls::{ServerTlsFiles, TlsError};
+
+/// How a running appliance is set up.
+#[derive(Debug, Clone)]
+pub struct ApplianceOptions {
+    pub store: StoreConfig,
+    pub flight_listen: SocketAddr,
+    pub http_listen: SocketAddr,
+    /// `None` only in the explicit insecure (demo) mode.
+    pub tls: Option<ServerTlsFiles>,
+    /// The largest gRPC message accepted (one Arrow batch).
+    pub max_message_bytes: usize,
+    pub query: QueryLimits,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplianceError {
+    #[error("cannot open the store: {0}")]
+    Store(#[from] StoreError),
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the Flight server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// A started appliance.
+pub struct Appliance {
+    pub flight_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub tls: bool,
+    pub store: Arc<Store>,
+    pub engine: QueryEngine,
+    stop: watch::Sender<bool>,
+    servers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Appliance {
+    pub async fn start(options: ApplianceOptions) -> Result<Appliance, ApplianceError> {
+        let store = Store::open(options.store.clone()).await?;
+        let engine = QueryEngine::new(store.clone(), options.query.clone());
+        let (stop, _) = watch::channel(false);
+
+        let flight_listener = TcpListener::bind(options.flight_listen)
+            .await
+            .map_err(|source| ApplianceError::Listen {
+                addr: options.flight_listen,
+                source,
+            })?;
+        let flight_addr = flight_listener.local_addr().expect("bound address");
+        let http_listener = TcpListener::bind(options.http_listen)
+            .await
+            .map_err(|source| ApplianceError::Listen {
+                addr: options.http_listen,
+                source,
+            })?;
+        let http_addr = http_listener.local_addr().expect("bound address");
+
+        let service =
+            FlightServiceServer::new(flight::ApplianceFlight::new(store.clone(), engine.clone()))
+                .max_decoding_message_size(options.max_message_bytes)
+                .max_encoding_message_size(64 << 20);
+        let mut builder = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .tcp_nodelay(true);
+        if let Some(tls) = &options.tls {
+            builder = builder.tls_config(tls.server_config()?)?;
+        }
+        let mut stop_flight = stop.subscribe();
+        let flight = tokio::spawn(async move {
+            let served = builder
+                .add_service(service)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(flight_listener), async move {
+                    let _ = stop_flight.wait_for(|s| *s).await;
+                })
+                .await;
+            if let Err(error) = served {
+                tracing::error!(%error, "Flight server stopped");
+            }
+        });
+
+        let app = http::router(http::AppState {
+            store: store.clone(),
+            engine: engine.clone(),
+            flight_addr,
+            tls: options.tls.is_some(),
+        });
+        let mut stop_http = stop.subscribe();
+        let web = tokio::spawn(async move {
+            let served = axum::serve(http_listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop_http.wait_for(|s| *s).await;
+                })
+                .await;
+            if let Err(error) = served {
+                tracing::error!(%error, "HTTP server stopped");
+            }
+        });
+        tracing::info!(%flight_addr, %http_addr, tls = options.tls.is_some(), "appliance started");
+        Ok(Appliance {
+            flight_addr,
+            http_addr,
+            tls: options.tls.is_some(),
+            store,
+            engine,
+            stop,
+            servers: vec![flight, web],
+        })
+    }
+
+    /// The Flight URL agents write to.
+    pub fn flight_url(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.flight_addr)
+    }
+
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.http_addr)
+    }
+
+    /// Stops both servers, flushes the store and closes it.
+    pub async fn shutdown(self) -> Result<(), ApplianceError> {
+        let _ = self.stop.send(true);
+        for server in self.servers {
+            let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
+        }
+        self.store.close().await?;
+        Ok(())
+    }
+}
+
+/// Defaults for a data directory: everything on loopback, insecure (tests and the demo).
+pub fn local_options(data_dir: impl Into<PathBuf>) -> ApplianceOptions {
+    ApplianceOptions {
+        store: StoreConfig::new(data_dir),
+        flight_listen: "127.0.0.1:0".parse().expect("address"),
+        http_listen: "127.0.0.1:0".parse().expect("address"),
+        tls: None,
+        max_message_bytes: 64 << 20,
+        query: QueryLimits::default(),
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn wait_for_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("signal handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

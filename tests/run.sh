@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Runs every test of Tally on a fresh Debian machine: installs what the tests need
+# (idempotently, cached), then formatting, lints, the whole test suite, and the benchmarks
+# at a tiny size so they cannot rot. `.ci/run` calls exactly this.
+#
+#   tests/run.sh              everything
+#   TALLY_SKIP_INSTALL=1      skip package installation (when you know it is done)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export TALLY_CACHE="${TALLY_CACHE:-$HOME/.cache/tally}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$TALLY_CACHE/target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+mkdir -p "$TALLY_CACHE" "$CARGO_TARGET_DIR"
+started=$(date +%s)
+step() { printf '\n== %s (%ss)\n' "$*" "$(( $(date +%s) - started ))"; }
+
+if [ "$(id -u)" != 0 ]; then
+  echo "tests/run.sh must run as root: the tests mount tmpfs volumes and create network namespaces" >&2
+  exit 1
+fi
+
+if [ -z "${TALLY_SKIP_INSTALL:-}" ]; then
+  step "installing test dependencies"
+  debs=(python3 python3-venv ca-certificates)
+  missing=()
+  for pkg in "${debs[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "apt-get install ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+  # DuckDB and pyarrow read the exported Parquet, in a virtualenv cached outside the clone.
+  venv="$TALLY_CACHE/venv"
+  if ! "$venv/bin/python3" -c 'import duckdb, pyarrow' 2>/dev/null; then
+    echo "creating $venv with duckdb and pyarrow"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check -r tests/requirements.txt
+  fi
+  rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
+  rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+fi
+export PATH="$TALLY_CACHE/venv/bin:$PATH"
+
+step "cargo fmt --check"
+cargo fmt --all --check
+
+step "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+step "cargo build (the tally binary the end-to-end tests run)"
+cargo build --quiet --bin tally
+export TALLY_BIN="$CARGO_TARGET_DIR/debug/tally"
+
+step "cargo test"
+cargo test --workspace --quiet -- --test-threads=2
+
+step "benchmarks at a tiny size (so they cannot rot; real numbers: benchmarks/RESULTS.md)"
+cargo build --quiet -p tally-benchmarks
+"$CARGO_TARGET_DIR/debug/tally-bench" --results "$CARGO_TARGET_DIR/bench-tiny.md" all --tiny >/dev/null
+
+step "the real Kubernetes test cluster (etcd, kube-apiserver, controllers, scheduler, kubelet nodes)"
+bash tests/cluster/smoke.sh
+
+step "done"
