@@ -13,7 +13,9 @@ pub enum StoreError {
     #[error("invalid batch for table `{table}`: {reason}")]
     InvalidBatch { table: Table, reason: String },
 
-    #[error("the data directory {path} is out of space; refusing writes until space is freed: {source}")]
+    #[error(
+        "the data directory {path} is out of space; refusing writes until space is freed: {source}"
+    )]
     NoSpace {
         path: PathBuf,
         #[source]
@@ -27,7 +29,9 @@ pub enum StoreError {
         source: std::io::Error,
     },
 
-    #[error("the write-ahead log failed earlier and the store refuses writes until it restarts: {0}")]
+    #[error(
+        "the write-ahead log failed earlier and the store refuses writes until it restarts: {0}"
+    )]
     Poisoned(String),
 
     #[error("corrupt write-ahead log record in {path} at byte {offset}: {reason}")]
@@ -68,6 +72,9 @@ impl StoreError {
 
     /// True when the client sent something wrong (as opposed to the store failing).
     pub fn is_client_error(&self) -> bool {
-        matches!(self, StoreError::Schema(_) | StoreError::InvalidBatch { .. })
+        matches!(
+            self,
+            StoreError::Schema(_) | StoreError::InvalidBatch { .. }
+        )
     }
 }

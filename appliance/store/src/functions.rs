@@ -9,7 +9,9 @@ use arrow::array::{ArrayRef, AsArray};
 use arrow::datatypes::{DataType, Field, FieldRef, Float64Type};
 use datafusion::common::{Result, ScalarValue, exec_err};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
-use datafusion::logical_expr::{Accumulator, AggregateUDF, AggregateUDFImpl, Signature, Volatility};
+use datafusion::logical_expr::{
+    Accumulator, AggregateUDF, AggregateUDFImpl, Signature, Volatility,
+};
 use datafusion::prelude::SessionContext;
 use tally_wire::histogram_type;
 
@@ -32,7 +34,10 @@ impl HistogramQuantile {
     fn new(resource: Resource) -> Self {
         Self {
             resource,
-            signature: Signature::exact(vec![histogram_type(), DataType::Float64], Volatility::Immutable),
+            signature: Signature::exact(
+                vec![histogram_type(), DataType::Float64],
+                Volatility::Immutable,
+            ),
         }
     }
 
@@ -70,8 +75,16 @@ impl AggregateUDFImpl for HistogramQuantile {
 
     fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
         Ok(vec![
-            Arc::new(Field::new(format!("{}_histogram", args.name), histogram_type(), true)),
-            Arc::new(Field::new(format!("{}_q", args.name), DataType::Float64, true)),
+            Arc::new(Field::new(
+                format!("{}_histogram", args.name),
+                histogram_type(),
+                true,
+            )),
+            Arc::new(Field::new(
+                format!("{}_q", args.name),
+                DataType::Float64,
+                true,
+            )),
         ])
     }
 }
@@ -89,13 +102,13 @@ impl QuantileAccumulator {
             self.histogram.merge(&h);
         }
         let q = q.as_primitive::<Float64Type>();
-        if self.q.is_none() {
-            if let Some(v) = q.iter().flatten().next() {
-                if !(0.0..=1.0).contains(&v) {
-                    return exec_err!("quantile must be between 0 and 1, got {v}");
-                }
-                self.q = Some(v);
+        if self.q.is_none()
+            && let Some(v) = q.iter().flatten().next()
+        {
+            if !(0.0..=1.0).contains(&v) {
+                return exec_err!("quantile must be between 0 and 1, got {v}");
             }
+            self.q = Some(v);
         }
         Ok(())
     }
@@ -120,7 +133,8 @@ impl Accumulator for QuantileAccumulator {
 
     fn evaluate(&mut self) -> Result<ScalarValue> {
         Ok(ScalarValue::Float64(
-            self.q.and_then(|q| self.histogram.quantile(&self.options, q)),
+            self.q
+                .and_then(|q| self.histogram.quantile(&self.options, q)),
         ))
     }
 
@@ -135,4 +149,3 @@ pub fn register(ctx: &SessionContext) {
         ctx.register_udaf(AggregateUDF::from(HistogramQuantile::new(resource)));
     }
 }
-

@@ -161,10 +161,16 @@ mod tests {
         let p95 = h.quantile(&CPU, 0.95).unwrap();
         assert_eq!(p95, CPU.bucket_end(CPU.bucket(0.1)));
         let b = CPU.bucket(0.1);
-        assert!(p95 >= 0.1 && p95 - 0.1 <= CPU.bucket_end(b) - CPU.bucket_start(b), "{p95}");
+        assert!(
+            p95 >= 0.1 && p95 - 0.1 <= CPU.bucket_end(b) - CPU.bucket_start(b),
+            "{p95}"
+        );
         let p99 = h.quantile(&CPU, 0.99).unwrap();
         let b = CPU.bucket(2.0);
-        assert!(p99 >= 2.0 && p99 - 2.0 <= CPU.bucket_end(b) - CPU.bucket_start(b), "{p99}");
+        assert!(
+            p99 >= 2.0 && p99 - 2.0 <= CPU.bucket_end(b) - CPU.bucket_start(b),
+            "{p99}"
+        );
     }
 
     #[test]
@@ -175,7 +181,11 @@ mod tests {
         let mut b = Histogram::new();
         for (i, v) in values.iter().enumerate() {
             whole.add(&CPU, *v);
-            if i % 3 == 0 { a.add(&CPU, *v) } else { b.add(&CPU, *v) }
+            if i % 3 == 0 {
+                a.add(&CPU, *v)
+            } else {
+                b.add(&CPU, *v)
+            }
         }
         a.merge(&b);
         assert_eq!(a, whole);

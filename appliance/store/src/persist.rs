@@ -7,12 +7,14 @@ use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::{AsArray, RecordBatch, UInt32Array};
-use arrow::compute::{SortColumn, concat_batches, filter_record_batch, lexsort_to_indices, take_record_batch};
+use arrow::compute::{
+    SortColumn, concat_batches, filter_record_batch, lexsort_to_indices, take_record_batch,
+};
 use arrow::datatypes::{DataType, TimestampMillisecondType};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use object_store::{ObjectStore, ObjectStoreExt};
 use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, Encoding, ZstdLevel};
@@ -32,13 +34,17 @@ pub(crate) fn hour_of(ms: i64) -> i64 {
 /// `tables/<table>/date=YYYY-MM-DD/hour=HH`
 pub(crate) fn partition_dir(table: Table, hour_ms: i64) -> String {
     let at: DateTime<Utc> = DateTime::from_timestamp_millis(hour_ms).unwrap_or_default();
-    format!("tables/{}/{}", table.name(), at.format("date=%Y-%m-%d/hour=%H"))
+    format!(
+        "tables/{}/{}",
+        table.name(),
+        at.format("date=%Y-%m-%d/hour=%H")
+    )
 }
 
-pub(crate) fn times(batch: &RecordBatch) -> &arrow::array::PrimitiveArray<TimestampMillisecondType> {
-    batch
-        .column(0)
-        .as_primitive::<TimestampMillisecondType>()
+pub(crate) fn times(
+    batch: &RecordBatch,
+) -> &arrow::array::PrimitiveArray<TimestampMillisecondType> {
+    batch.column(0).as_primitive::<TimestampMillisecondType>()
 }
 
 /// (min, max) of the time column, or None for an empty batch.
@@ -48,10 +54,14 @@ pub(crate) fn time_range(batch: &RecordBatch) -> Option<(i64, i64)> {
 }
 
 /// Splits batches into hour partitions.
-pub(crate) fn split_by_hour(batches: &[RecordBatch]) -> Result<BTreeMap<i64, Vec<RecordBatch>>, StoreError> {
+pub(crate) fn split_by_hour(
+    batches: &[RecordBatch],
+) -> Result<BTreeMap<i64, Vec<RecordBatch>>, StoreError> {
     let mut parts: BTreeMap<i64, Vec<RecordBatch>> = BTreeMap::new();
     for batch in batches.iter().filter(|b| b.num_rows() > 0) {
-        let Some((min, max)) = time_range(batch) else { continue };
+        let Some((min, max)) = time_range(batch) else {
+            continue;
+        };
         if hour_of(min) == hour_of(max) {
             parts.entry(hour_of(min)).or_default().push(batch.clone());
             continue;
@@ -79,12 +89,18 @@ pub(crate) fn sort(table: Table, batch: &RecordBatch) -> Result<RecordBatch, Sto
         .series_key
         .iter()
         .map(|name| SortColumn {
-            values: batch.column_by_name(name).expect("series key column").clone(),
+            values: batch
+                .column_by_name(name)
+                .expect("series key column")
+                .clone(),
             options: None,
         })
         .collect();
     columns.push(SortColumn {
-        values: batch.column_by_name(TIME_COLUMN).expect("time column").clone(),
+        values: batch
+            .column_by_name(TIME_COLUMN)
+            .expect("time column")
+            .clone(),
         options: None,
     });
     let indices: UInt32Array = lexsort_to_indices(&columns, None)?;
@@ -94,7 +110,9 @@ pub(crate) fn sort(table: Table, batch: &RecordBatch) -> Result<RecordBatch, Sto
 fn properties(table: Table) -> WriterProperties {
     let schema = table.schema();
     let mut builder = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("valid level")))
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(3).expect("valid level"),
+        ))
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_max_row_group_row_count(Some(1 << 20))
         .set_data_page_row_count_limit(20_000)
@@ -114,10 +132,16 @@ fn properties(table: Table) -> WriterProperties {
                 .set_column_dictionary_enabled(ColumnPath::from(name.as_str()), false)
                 .set_column_encoding(ColumnPath::from(name.as_str()), Encoding::BYTE_STREAM_SPLIT);
         }
-        if matches!(name.as_str(), "memory_working_set_bytes" | "memory_rss_bytes") {
+        if matches!(
+            name.as_str(),
+            "memory_working_set_bytes" | "memory_rss_bytes"
+        ) {
             builder = builder
                 .set_column_dictionary_enabled(ColumnPath::from(name.as_str()), false)
-                .set_column_encoding(ColumnPath::from(name.as_str()), Encoding::DELTA_BINARY_PACKED);
+                .set_column_encoding(
+                    ColumnPath::from(name.as_str()),
+                    Encoding::DELTA_BINARY_PACKED,
+                );
         }
     }
     builder.build()
@@ -149,9 +173,15 @@ pub(crate) async fn write_partition(
     })
     .await
     .expect("encoding task panicked")?;
-    let path = format!("{}/{}.parquet", partition_dir(table, hour_ms), uuid::Uuid::new_v4());
+    let path = format!(
+        "{}/{}.parquet",
+        partition_dir(table, hour_ms),
+        uuid::Uuid::new_v4()
+    );
     let size = bytes.len() as u64;
-    store.put(&ObjectPath::from(path.as_str()), bytes.into()).await?;
+    store
+        .put(&ObjectPath::from(path.as_str()), bytes.into())
+        .await?;
     if let Some(root) = local_root {
         let file = root.join(&path);
         let parent = file.parent().map(Path::to_path_buf);
@@ -192,7 +222,10 @@ pub(crate) async fn read_file(
         let mut out = Vec::new();
         for batch in reader {
             let batch = batch?;
-            out.push(RecordBatch::try_new(table.schema(), batch.columns().to_vec())?);
+            out.push(RecordBatch::try_new(
+                table.schema(),
+                batch.columns().to_vec(),
+            )?);
         }
         Ok(out)
     })

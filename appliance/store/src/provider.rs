@@ -8,10 +8,10 @@ use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use datafusion::catalog::Session;
 use datafusion::common::{DFSchema, Result, ScalarValue};
-use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
-use datafusion::datasource::memory::MemorySourceConfig;
-use datafusion::datasource::source::DataSourceExec;
 use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+use datafusion::datasource::source::DataSourceExec;
 use datafusion::datasource::{TableProvider, TableType};
 use datafusion::logical_expr::utils::{conjunction, split_conjunction};
 use datafusion::logical_expr::{Between, BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
@@ -81,7 +81,11 @@ impl TableProvider for StoreTable {
                 let n = parts.len();
                 parts[i % n].push(batch);
             }
-            inputs.push(MemorySourceConfig::try_new_exec(&parts, schema, projection.cloned())?);
+            inputs.push(MemorySourceConfig::try_new_exec(
+                &parts,
+                schema,
+                projection.cloned(),
+            )?);
         }
         UnionExec::try_new(inputs)
     }
@@ -122,13 +126,18 @@ impl TimeRange {
                     if let Some(v) = literal_ms(right) {
                         self.apply(*op, v);
                     }
-                } else if is_time(right) {
-                    if let (Some(v), Some(op)) = (literal_ms(left), op.swap()) {
-                        self.apply(op, v);
-                    }
+                } else if is_time(right)
+                    && let (Some(v), Some(op)) = (literal_ms(left), op.swap())
+                {
+                    self.apply(op, v);
                 }
             }
-            Expr::Between(Between { expr, negated: false, low, high }) if is_time(expr) => {
+            Expr::Between(Between {
+                expr,
+                negated: false,
+                low,
+                high,
+            }) if is_time(expr) => {
                 if let Some(v) = literal_ms(low) {
                     self.apply(Operator::GtEq, v);
                 }
@@ -159,7 +168,9 @@ fn is_time(expr: &Expr) -> bool {
 
 /// A timestamp literal as (floor, ceil) milliseconds.
 fn literal_ms(expr: &Expr) -> Option<(i64, i64)> {
-    let Expr::Literal(value, _) = expr else { return None };
+    let Expr::Literal(value, _) = expr else {
+        return None;
+    };
     let (v, per_ms) = match value {
         ScalarValue::TimestampSecond(Some(v), _) => return Some((v * 1000, v * 1000)),
         ScalarValue::TimestampMillisecond(Some(v), _) => return Some((*v, *v)),
@@ -176,31 +187,54 @@ mod tests {
     use datafusion::prelude::{col, lit};
 
     fn ts(ms: i64) -> Expr {
-        lit(ScalarValue::TimestampMillisecond(Some(ms), Some("UTC".into())))
+        lit(ScalarValue::TimestampMillisecond(
+            Some(ms),
+            Some("UTC".into()),
+        ))
     }
 
     #[test]
     fn time_filters_narrow_the_range_and_others_are_ignored() {
         let filters = vec![
-            col("time").gt_eq(ts(1000)).and(col("namespace").eq(lit("a"))),
+            col("time")
+                .gt_eq(ts(1000))
+                .and(col("namespace").eq(lit("a"))),
             col("time").lt(ts(5000)),
         ];
         assert_eq!(
             TimeRange::from_filters(&filters),
-            TimeRange { from_ms: 1000, to_ms: 5000 }
+            TimeRange {
+                from_ms: 1000,
+                to_ms: 5000
+            }
         );
         let reversed = vec![ts(2000).lt(col("time"))];
         assert_eq!(TimeRange::from_filters(&reversed).from_ms, 2000);
         let between = vec![col("time").between(ts(10), ts(20))];
         assert_eq!(
             TimeRange::from_filters(&between),
-            TimeRange { from_ms: 10, to_ms: 20 }
+            TimeRange {
+                from_ms: 10,
+                to_ms: 20
+            }
         );
         let ns = vec![col("time").lt(lit(ScalarValue::TimestampNanosecond(Some(1_500_001), None)))];
         assert_eq!(TimeRange::from_filters(&ns).to_ms, 2);
         let or = vec![col("time").gt(ts(5)).or(col("time").lt(ts(1)))];
         assert_eq!(TimeRange::from_filters(&or), TimeRange::ALL);
-        assert!(TimeRange { from_ms: 10, to_ms: 20 }.overlaps(20, 30));
-        assert!(!TimeRange { from_ms: 10, to_ms: 20 }.overlaps(21, 30));
+        assert!(
+            TimeRange {
+                from_ms: 10,
+                to_ms: 20
+            }
+            .overlaps(20, 30)
+        );
+        assert!(
+            !TimeRange {
+                from_ms: 10,
+                to_ms: 20
+            }
+            .overlaps(21, 30)
+        );
     }
 }

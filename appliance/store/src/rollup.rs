@@ -76,7 +76,10 @@ impl<'a> Acc<'a> {
 }
 
 fn strings<'a>(batch: &'a RecordBatch, name: &str) -> &'a StringArray {
-    batch.column_by_name(name).expect("column").as_string::<i32>()
+    batch
+        .column_by_name(name)
+        .expect("column")
+        .as_string::<i32>()
 }
 
 /// Rolls raw `container_usage` batches up into `container_usage_hourly` rows.
@@ -84,9 +87,20 @@ pub fn from_raw(batches: &[RecordBatch]) -> Result<Option<RecordBatch>, StoreErr
     let mut groups: BTreeMap<Key, Acc> = BTreeMap::new();
     for batch in batches {
         let t = times(batch);
-        let (ns, pod, container) = (strings(batch, "namespace"), strings(batch, "pod"), strings(batch, "container"));
-        let (node, kind, name) = (strings(batch, "node"), strings(batch, "workload_kind"), strings(batch, "workload_name"));
-        let cpu = batch.column_by_name("cpu_cores").unwrap().as_primitive::<Float64Type>();
+        let (ns, pod, container) = (
+            strings(batch, "namespace"),
+            strings(batch, "pod"),
+            strings(batch, "container"),
+        );
+        let (node, kind, name) = (
+            strings(batch, "node"),
+            strings(batch, "workload_kind"),
+            strings(batch, "workload_name"),
+        );
+        let cpu = batch
+            .column_by_name("cpu_cores")
+            .unwrap()
+            .as_primitive::<Float64Type>();
         let memory = batch
             .column_by_name("memory_working_set_bytes")
             .unwrap()
@@ -126,12 +140,34 @@ pub fn merge(batches: &[RecordBatch]) -> Result<Option<RecordBatch>, StoreError>
     let mut groups: BTreeMap<Key, Acc> = BTreeMap::new();
     for batch in batches {
         let t = times(batch);
-        let (ns, pod, container) = (strings(batch, "namespace"), strings(batch, "pod"), strings(batch, "container"));
-        let (node, kind, name) = (strings(batch, "node"), strings(batch, "workload_kind"), strings(batch, "workload_name"));
-        let f = |n: &str| batch.column_by_name(n).unwrap().as_primitive::<Float64Type>().clone();
-        let i = |n: &str| batch.column_by_name(n).unwrap().as_primitive::<Int64Type>().clone();
-        let (samples, cpu_sum, cpu_min, cpu_max) = (i("samples"), f("cpu_sum"), f("cpu_min"), f("cpu_max"));
-        let (memory_sum, memory_min, memory_max) = (f("memory_sum"), i("memory_min"), i("memory_max"));
+        let (ns, pod, container) = (
+            strings(batch, "namespace"),
+            strings(batch, "pod"),
+            strings(batch, "container"),
+        );
+        let (node, kind, name) = (
+            strings(batch, "node"),
+            strings(batch, "workload_kind"),
+            strings(batch, "workload_name"),
+        );
+        let f = |n: &str| {
+            batch
+                .column_by_name(n)
+                .unwrap()
+                .as_primitive::<Float64Type>()
+                .clone()
+        };
+        let i = |n: &str| {
+            batch
+                .column_by_name(n)
+                .unwrap()
+                .as_primitive::<Int64Type>()
+                .clone()
+        };
+        let (samples, cpu_sum, cpu_min, cpu_max) =
+            (i("samples"), f("cpu_sum"), f("cpu_min"), f("cpu_max"));
+        let (memory_sum, memory_min, memory_max) =
+            (f("memory_sum"), i("memory_min"), i("memory_max"));
         let cpu_h = read_histograms(batch.column_by_name("cpu_histogram").unwrap());
         let memory_h = read_histograms(batch.column_by_name("memory_histogram").unwrap());
         for (row, (cpu, memory)) in cpu_h.into_iter().zip(memory_h).enumerate() {
@@ -198,14 +234,26 @@ pub fn histogram_column<'a>(histograms: impl Iterator<Item = &'a Histogram>) -> 
         }
         offsets.push(buckets.len() as i32);
     }
-    let DataType::List(item) = histogram_type() else { unreachable!() };
-    let DataType::Struct(fields) = item.data_type().clone() else { unreachable!() };
+    let DataType::List(item) = histogram_type() else {
+        unreachable!()
+    };
+    let DataType::Struct(fields) = item.data_type().clone() else {
+        unreachable!()
+    };
     let entries = StructArray::new(
         fields,
-        vec![Arc::new(UInt16Array::from(buckets)), Arc::new(UInt32Array::from(counts))],
+        vec![
+            Arc::new(UInt16Array::from(buckets)),
+            Arc::new(UInt32Array::from(counts)),
+        ],
         None,
     );
-    Arc::new(ListArray::new(item, OffsetBuffer::new(offsets.into()), Arc::new(entries), None))
+    Arc::new(ListArray::new(
+        item,
+        OffsetBuffer::new(offsets.into()),
+        Arc::new(entries),
+        None,
+    ))
 }
 
 fn text<'a>(values: impl Iterator<Item = &'a str>) -> ArrayRef {
@@ -220,7 +268,8 @@ fn build(groups: BTreeMap<Key<'_>, Acc<'_>>) -> Result<Option<RecordBatch>, Stor
     let fin_i = |v: i64| if v == i64::MAX || v == i64::MIN { 0 } else { v };
     let columns: Vec<ArrayRef> = vec![
         Arc::new(
-            TimestampMillisecondArray::from_iter_values(groups.keys().map(|k| k.hour_ms)).with_timezone("UTC"),
+            TimestampMillisecondArray::from_iter_values(groups.keys().map(|k| k.hour_ms))
+                .with_timezone("UTC"),
         ),
         text(groups.keys().map(|k| k.namespace)),
         text(groups.keys().map(|k| k.pod)),
@@ -228,15 +277,32 @@ fn build(groups: BTreeMap<Key<'_>, Acc<'_>>) -> Result<Option<RecordBatch>, Stor
         text(groups.values().map(|a| a.node)),
         text(groups.values().map(|a| a.workload_kind)),
         text(groups.values().map(|a| a.workload_name)),
-        Arc::new(Int64Array::from_iter_values(groups.values().map(|a| a.samples))),
-        Arc::new(Float64Array::from_iter_values(groups.values().map(|a| a.cpu_sum))),
-        Arc::new(Float64Array::from_iter_values(groups.values().map(|a| fin(a.cpu_min)))),
-        Arc::new(Float64Array::from_iter_values(groups.values().map(|a| fin(a.cpu_max)))),
+        Arc::new(Int64Array::from_iter_values(
+            groups.values().map(|a| a.samples),
+        )),
+        Arc::new(Float64Array::from_iter_values(
+            groups.values().map(|a| a.cpu_sum),
+        )),
+        Arc::new(Float64Array::from_iter_values(
+            groups.values().map(|a| fin(a.cpu_min)),
+        )),
+        Arc::new(Float64Array::from_iter_values(
+            groups.values().map(|a| fin(a.cpu_max)),
+        )),
         histogram_column(groups.values().map(|a| &a.cpu)),
-        Arc::new(Float64Array::from_iter_values(groups.values().map(|a| a.memory_sum))),
-        Arc::new(Int64Array::from_iter_values(groups.values().map(|a| fin_i(a.memory_min)))),
-        Arc::new(Int64Array::from_iter_values(groups.values().map(|a| fin_i(a.memory_max)))),
+        Arc::new(Float64Array::from_iter_values(
+            groups.values().map(|a| a.memory_sum),
+        )),
+        Arc::new(Int64Array::from_iter_values(
+            groups.values().map(|a| fin_i(a.memory_min)),
+        )),
+        Arc::new(Int64Array::from_iter_values(
+            groups.values().map(|a| fin_i(a.memory_max)),
+        )),
         histogram_column(groups.values().map(|a| &a.memory)),
     ];
-    Ok(Some(RecordBatch::try_new(Table::ContainerUsageHourly.schema(), columns)?))
+    Ok(Some(RecordBatch::try_new(
+        Table::ContainerUsageHourly.schema(),
+        columns,
+    )?))
 }

@@ -11,9 +11,9 @@ use arrow::array::RecordBatch;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::prelude::SessionContext;
 use futures::TryStreamExt;
-use object_store::{ObjectStore, ObjectStoreExt};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt};
 use tally_wire::{IngestAck, Table, validate_schema};
 use tokio::sync::{Notify, oneshot};
 
@@ -133,7 +133,9 @@ pub(crate) struct Shared {
 
 impl fmt::Debug for Shared {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Shared").field("url", &self.url).finish_non_exhaustive()
+        f.debug_struct("Shared")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
     }
 }
 
@@ -235,7 +237,9 @@ impl Store {
             let after = manifest.wal_through;
             tokio::task::spawn_blocking(move || {
                 let mut batches = Vec::new();
-                let stats = wal::replay(&wal_dir, after, |_, table, batch| batches.push((table, batch)))?;
+                let stats = wal::replay(&wal_dir, after, |_, table, batch| {
+                    batches.push((table, batch))
+                })?;
                 Ok::<_, StoreError>((stats, batches))
             })
             .await
@@ -315,15 +319,19 @@ impl Store {
                 ),
             });
         }
-        let batch = RecordBatch::try_new(table.schema(), batch.columns().to_vec()).map_err(|e| {
-            StoreError::InvalidBatch {
-                table,
-                reason: e.to_string(),
-            }
-        })?;
+        let batch =
+            RecordBatch::try_new(table.schema(), batch.columns().to_vec()).map_err(|e| {
+                StoreError::InvalidBatch {
+                    table,
+                    reason: e.to_string(),
+                }
+            })?;
         let rows = batch.num_rows() as u64;
         let Some(hot) = hot_batch(batch) else {
-            return Ok(IngestAck { rows: 0, sequence: 0 });
+            return Ok(IngestAck {
+                rows: 0,
+                sequence: 0,
+            });
         };
         let record = wal::encode(table, &hot.batch)?;
         let (ack, done) = oneshot::channel();
@@ -331,7 +339,11 @@ impl Store {
             let requests = self.requests.lock().expect("lock");
             let sender = requests.as_ref().ok_or(StoreError::Closed)?;
             sender
-                .send(Request::Append { record, batch: hot, ack })
+                .send(Request::Append {
+                    record,
+                    batch: hot,
+                    ack,
+                })
                 .map_err(|_| StoreError::Closed)?;
         }
         let sequence = done.await.map_err(|_| StoreError::Closed)??;
@@ -347,10 +359,8 @@ impl Store {
 
     /// Registers every table, the object store behind them and Tally's SQL functions.
     pub fn register(&self, ctx: &SessionContext) -> Result<(), StoreError> {
-        ctx.runtime_env().register_object_store(
-            self.shared.url.as_ref(),
-            self.object_store.clone(),
-        );
+        ctx.runtime_env()
+            .register_object_store(self.shared.url.as_ref(), self.object_store.clone());
         for table in Table::ALL {
             ctx.register_table(
                 table.name(),
@@ -460,7 +470,8 @@ impl Store {
                     .await
                     .expect("rollup task panicked")?;
                 if let Some(rollup) = rollup {
-                    self.write_partitions(Table::ContainerUsageHourly, vec![rollup], out).await?;
+                    self.write_partitions(Table::ContainerUsageHourly, vec![rollup], out)
+                        .await?;
                 }
             }
             self.write_partitions(table, batches, out).await?;
@@ -491,11 +502,18 @@ impl Store {
     /// Removes files that were written but will never be published.
     async fn discard(&self, files: &[FileEntry]) {
         for f in files {
-            let _ = self.object_store.delete(&ObjectPath::from(f.path.as_str())).await;
+            let _ = self
+                .object_store
+                .delete(&ObjectPath::from(f.path.as_str()))
+                .await;
         }
     }
 
-    async fn publish_manifest(&self, manifest: Manifest, clear_flushing: bool) -> Result<(), StoreError> {
+    async fn publish_manifest(
+        &self,
+        manifest: Manifest,
+        clear_flushing: bool,
+    ) -> Result<(), StoreError> {
         let dir = self.config.data_dir.clone();
         let manifest = Arc::new(manifest);
         let to_store = manifest.clone();
@@ -515,7 +533,9 @@ impl Store {
         {
             let requests = self.requests.lock().expect("lock");
             let sender = requests.as_ref().ok_or(StoreError::Closed)?;
-            sender.send(Request::Freeze { ack }).map_err(|_| StoreError::Closed)?;
+            sender
+                .send(Request::Freeze { ack })
+                .map_err(|_| StoreError::Closed)?;
         }
         done.await.map_err(|_| StoreError::Closed)?
     }
@@ -529,7 +549,10 @@ impl Store {
         let manifest = self.shared.manifest();
         let mut partitions: BTreeMap<(Table, i64), Vec<FileEntry>> = BTreeMap::new();
         for f in &manifest.files {
-            partitions.entry((f.table, f.hour_ms)).or_default().push(f.clone());
+            partitions
+                .entry((f.table, f.hour_ms))
+                .or_default()
+                .push(f.clone());
         }
         let mut compacted = 0;
         for ((table, hour), files) in partitions {
@@ -557,10 +580,11 @@ impl Store {
             next.version += 1;
             next.files.retain(|f| !files.contains(f));
             next.files.extend(written.iter().cloned());
-            next.pending_deletes.extend(files.iter().map(|f| crate::manifest::PendingDelete {
-                path: f.path.clone(),
-                since_ms: now,
-            }));
+            next.pending_deletes
+                .extend(files.iter().map(|f| crate::manifest::PendingDelete {
+                    path: f.path.clone(),
+                    since_ms: now,
+                }));
             if let Err(error) = self.publish_manifest(next, false).await {
                 self.discard(&written).await;
                 return Err(error);
@@ -595,9 +619,11 @@ impl Store {
             return Ok(0);
         }
         next.version += 1;
-        next.pending_deletes.extend(dropped.into_iter().map(|path| crate::manifest::PendingDelete {
-            path,
-            since_ms: now_ms,
+        next.pending_deletes.extend(dropped.into_iter().map(|path| {
+            crate::manifest::PendingDelete {
+                path,
+                since_ms: now_ms,
+            }
         }));
         let count = before - next.files.len();
         self.publish_manifest(next, false).await?;
@@ -617,7 +643,11 @@ impl Store {
             return Ok(());
         }
         for p in &expired {
-            match self.object_store.delete(&ObjectPath::from(p.path.as_str())).await {
+            match self
+                .object_store
+                .delete(&ObjectPath::from(p.path.as_str()))
+                .await
+            {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
                 Err(e) => return Err(e.into()),
             }
@@ -677,7 +707,8 @@ impl Store {
         }
         let flushed = self.flush().await;
         self.requests.lock().expect("lock").take();
-        if let Some(thread) = self.writer.lock().expect("lock").take() {
+        let writer = self.writer.lock().expect("lock").take();
+        if let Some(thread) = writer {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
         flushed.map(|_| ())
@@ -693,7 +724,11 @@ impl Drop for Store {
 
 fn hot_batch(batch: RecordBatch) -> Option<HotBatch> {
     let (min_ms, max_ms) = time_range(&batch)?;
-    Some(HotBatch { batch, min_ms, max_ms })
+    Some(HotBatch {
+        batch,
+        min_ms,
+        max_ms,
+    })
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -722,7 +757,9 @@ async fn remove_unpublished(
         .await?;
     let mut removed = 0;
     for meta in listed {
-        if meta.location.as_ref().ends_with(".parquet") && !published.contains(meta.location.as_ref()) {
+        if meta.location.as_ref().ends_with(".parquet")
+            && !published.contains(meta.location.as_ref())
+        {
             store.delete(&meta.location).await?;
             removed += 1;
         }
@@ -767,7 +804,11 @@ fn run_writer(
     }
 }
 
-type Pending = (EncodedBatch, HotBatch, oneshot::Sender<Result<u64, StoreError>>);
+type Pending = (
+    EncodedBatch,
+    HotBatch,
+    oneshot::Sender<Result<u64, StoreError>>,
+);
 
 /// One group commit: one write and one fsync for every waiting batch, then the batches
 /// become visible, then they are acknowledged.
@@ -795,7 +836,11 @@ fn commit(
                 let mut visible = shared.visible.write().expect("lock");
                 for (record, batch, _) in appends.iter() {
                     visible.hot_rows += batch.batch.num_rows();
-                    visible.hot.entry(record.table).or_default().push(batch.clone());
+                    visible
+                        .hot
+                        .entry(record.table)
+                        .or_default()
+                        .push(batch.clone());
                 }
             }
             counters.wal_bytes.fetch_add(bytes, Ordering::Relaxed);
@@ -803,7 +848,9 @@ fn commit(
                 counters
                     .acknowledged_rows
                     .fetch_add(batch.batch.num_rows() as u64, Ordering::Relaxed);
-                counters.acknowledged_batches.fetch_add(1, Ordering::Relaxed);
+                counters
+                    .acknowledged_batches
+                    .fetch_add(1, Ordering::Relaxed);
                 let _ = ack.send(Ok(seq));
             }
         }
@@ -816,7 +863,9 @@ fn commit(
             let no_space = matches!(error, StoreError::NoSpace { .. });
             let mut first = Some(error);
             for (_, _, ack) in appends.drain(..) {
-                let error = first.take().unwrap_or_else(|| replicate(no_space, &message));
+                let error = first
+                    .take()
+                    .unwrap_or_else(|| replicate(no_space, &message));
                 let _ = ack.send(Err(error));
             }
         }

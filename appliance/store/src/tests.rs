@@ -3,7 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::array::{Array, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray};
+use arrow::array::{
+    Array, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray,
+};
 use datafusion::prelude::SessionContext;
 use tally_wire::Table;
 
@@ -30,7 +32,10 @@ pub(crate) fn usage(pod: &str, samples: &[(i64, f64, i64)]) -> RecordBatch {
     RecordBatch::try_new(
         Table::ContainerUsage.schema(),
         vec![
-            Arc::new(TimestampMillisecondArray::from_iter_values(samples.iter().map(|s| s.0)).with_timezone("UTC")),
+            Arc::new(
+                TimestampMillisecondArray::from_iter_values(samples.iter().map(|s| s.0))
+                    .with_timezone("UTC"),
+            ),
             text("shop"),
             text(pod),
             text("app"),
@@ -59,7 +64,9 @@ async fn scalar(ctx: &SessionContext, sql: &str) -> String {
 }
 
 fn minutes(pod: &str, start: i64, count: i64) -> RecordBatch {
-    let samples: Vec<_> = (0..count).map(|i| (start + i * 60_000, 0.1 + i as f64 / 1000.0, 1 << 20)).collect();
+    let samples: Vec<_> = (0..count)
+        .map(|i| (start + i * 60_000, 0.1 + i as f64 / 1000.0, 1 << 20))
+        .collect();
     usage(pod, &samples)
 }
 
@@ -69,22 +76,55 @@ async fn rows_are_visible_once_before_and_after_a_flush() {
     let store = Store::open(config(dir.path())).await.unwrap();
     let ctx = store.session().unwrap();
     // 90 minutes: two hour partitions.
-    let ack = store.write(Table::ContainerUsage, minutes("a", DAY0, 90)).await.unwrap();
+    let ack = store
+        .write(Table::ContainerUsage, minutes("a", DAY0, 90))
+        .await
+        .unwrap();
     assert_eq!(ack.rows, 90);
-    assert_eq!(scalar(&ctx, "SELECT count(*) FROM container_usage").await, "90");
+    assert_eq!(
+        scalar(&ctx, "SELECT count(*) FROM container_usage").await,
+        "90"
+    );
 
     assert_eq!(store.flush().await.unwrap(), 90);
-    assert_eq!(scalar(&ctx, "SELECT count(*) FROM container_usage").await, "90");
+    assert_eq!(
+        scalar(&ctx, "SELECT count(*) FROM container_usage").await,
+        "90"
+    );
     let published = store.published();
-    assert_eq!(published[&Table::ContainerUsage], (2, 90, published[&Table::ContainerUsage].2));
+    assert_eq!(
+        published[&Table::ContainerUsage],
+        (2, 90, published[&Table::ContainerUsage].2)
+    );
     // One rollup row per container and hour.
-    assert_eq!(scalar(&ctx, "SELECT count(*) FROM container_usage_hourly").await, "2");
-    assert_eq!(scalar(&ctx, "SELECT sum(samples) FROM container_usage_hourly").await, "90");
+    assert_eq!(
+        scalar(&ctx, "SELECT count(*) FROM container_usage_hourly").await,
+        "2"
+    );
+    assert_eq!(
+        scalar(&ctx, "SELECT sum(samples) FROM container_usage_hourly").await,
+        "90"
+    );
     let files: Vec<_> = walk(&dir.path().join("tables/container_usage"));
-    assert!(files.iter().any(|f| f.contains("date=2026-01-05/hour=00/")), "{files:?}");
-    assert!(files.iter().any(|f| f.contains("date=2026-01-05/hour=01/")), "{files:?}");
+    assert!(
+        files.iter().any(|f| f.contains("date=2026-01-05/hour=00/")),
+        "{files:?}"
+    );
+    assert!(
+        files.iter().any(|f| f.contains("date=2026-01-05/hour=01/")),
+        "{files:?}"
+    );
     // The WAL holds nothing flushed.
-    assert_eq!(crate::wal::replay(&dir.path().join("wal"), store.shared.manifest().wal_through, |_, _, _| {}).unwrap().records, 0);
+    assert_eq!(
+        crate::wal::replay(
+            &dir.path().join("wal"),
+            store.shared.manifest().wal_through,
+            |_, _, _| {}
+        )
+        .unwrap()
+        .records,
+        0
+    );
 }
 
 fn walk(dir: &std::path::Path) -> Vec<String> {
@@ -105,9 +145,15 @@ async fn a_crash_before_the_flush_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
     {
         let store = Store::open(config(dir.path())).await.unwrap();
-        store.write(Table::ContainerUsage, minutes("a", DAY0, 30)).await.unwrap();
+        store
+            .write(Table::ContainerUsage, minutes("a", DAY0, 30))
+            .await
+            .unwrap();
         store.flush().await.unwrap();
-        store.write(Table::ContainerUsage, minutes("b", DAY0, 20)).await.unwrap();
+        store
+            .write(Table::ContainerUsage, minutes("b", DAY0, 20))
+            .await
+            .unwrap();
         // Dropped without close: like a crash, nothing more is flushed.
     }
     let store = Store::open(config(dir.path())).await.unwrap();
@@ -121,7 +167,14 @@ async fn a_crash_before_the_flush_loses_nothing_acknowledged() {
     drop(store);
     let store = Store::open(config(dir.path())).await.unwrap();
     assert_eq!(store.stats().replayed_rows, 0);
-    assert_eq!(scalar(&store.session().unwrap(), "SELECT count(*) FROM container_usage").await, "50");
+    assert_eq!(
+        scalar(
+            &store.session().unwrap(),
+            "SELECT count(*) FROM container_usage"
+        )
+        .await,
+        "50"
+    );
 }
 
 #[tokio::test]
@@ -131,21 +184,50 @@ async fn compaction_merges_a_partition_and_its_rollup_rows() {
     config.delete_grace = Duration::ZERO;
     let store = Store::open(config).await.unwrap();
     for i in 0..3 {
-        store.write(Table::ContainerUsage, minutes("a", DAY0 + i * 10 * 60_000, 10)).await.unwrap();
+        store
+            .write(
+                Table::ContainerUsage,
+                minutes("a", DAY0 + i * 10 * 60_000, 10),
+            )
+            .await
+            .unwrap();
         store.flush().await.unwrap();
     }
     let ctx = store.session().unwrap();
     assert_eq!(store.published()[&Table::ContainerUsage].0, 3);
-    assert_eq!(scalar(&ctx, "SELECT count(*) FROM container_usage_hourly").await, "3");
-    let before = scalar(&ctx, "SELECT cpu_quantile(cpu_histogram, 0.95) FROM container_usage_hourly").await;
+    assert_eq!(
+        scalar(&ctx, "SELECT count(*) FROM container_usage_hourly").await,
+        "3"
+    );
+    let before = scalar(
+        &ctx,
+        "SELECT cpu_quantile(cpu_histogram, 0.95) FROM container_usage_hourly",
+    )
+    .await;
 
     assert_eq!(store.compact().await.unwrap(), 2);
     let published = store.published();
     assert_eq!(published[&Table::ContainerUsage].0, 1);
-    assert_eq!(published[&Table::ContainerUsageHourly], (1, 1, published[&Table::ContainerUsageHourly].2));
-    assert_eq!(scalar(&ctx, "SELECT count(*) FROM container_usage").await, "30");
-    assert_eq!(scalar(&ctx, "SELECT sum(samples) FROM container_usage_hourly").await, "30");
-    assert_eq!(scalar(&ctx, "SELECT cpu_quantile(cpu_histogram, 0.95) FROM container_usage_hourly").await, before);
+    assert_eq!(
+        published[&Table::ContainerUsageHourly],
+        (1, 1, published[&Table::ContainerUsageHourly].2)
+    );
+    assert_eq!(
+        scalar(&ctx, "SELECT count(*) FROM container_usage").await,
+        "30"
+    );
+    assert_eq!(
+        scalar(&ctx, "SELECT sum(samples) FROM container_usage_hourly").await,
+        "30"
+    );
+    assert_eq!(
+        scalar(
+            &ctx,
+            "SELECT cpu_quantile(cpu_histogram, 0.95) FROM container_usage_hourly"
+        )
+        .await,
+        before
+    );
     // The replaced files are gone from disk (zero grace), the new ones are there.
     assert_eq!(walk(&dir.path().join("tables/container_usage")).len(), 1);
 }
@@ -154,20 +236,37 @@ async fn compaction_merges_a_partition_and_its_rollup_rows() {
 async fn retention_drops_whole_partitions_older_than_the_table_keeps() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = config(dir.path());
-    config.retention.insert(Table::ContainerUsage, Duration::from_secs(2 * 86_400));
+    config
+        .retention
+        .insert(Table::ContainerUsage, Duration::from_secs(2 * 86_400));
     let store = Store::open(config).await.unwrap();
     for day in 0..4 {
-        store.write(Table::ContainerUsage, minutes("a", DAY0 + day * 86_400_000, 5)).await.unwrap();
+        store
+            .write(
+                Table::ContainerUsage,
+                minutes("a", DAY0 + day * 86_400_000, 5),
+            )
+            .await
+            .unwrap();
     }
     store.flush().await.unwrap();
     // "Now" is day 4 at noon, the cutoff day 2 at noon: the partitions of days 0, 1 and 2
     // (each the hour from midnight) ended before it; day 3's did not.
-    let dropped = store.enforce_retention(DAY0 + 4 * 86_400_000 + 12 * HOUR_MS).await.unwrap();
+    let dropped = store
+        .enforce_retention(DAY0 + 4 * 86_400_000 + 12 * HOUR_MS)
+        .await
+        .unwrap();
     assert_eq!(dropped, 3);
     let ctx = store.session().unwrap();
-    assert_eq!(scalar(&ctx, "SELECT count(*) FROM container_usage").await, "5");
+    assert_eq!(
+        scalar(&ctx, "SELECT count(*) FROM container_usage").await,
+        "5"
+    );
     // Rollups keep 90 days by default.
-    assert_eq!(scalar(&ctx, "SELECT sum(samples) FROM container_usage_hourly").await, "20");
+    assert_eq!(
+        scalar(&ctx, "SELECT sum(samples) FROM container_usage_hourly").await,
+        "20"
+    );
 }
 
 #[tokio::test]
@@ -175,11 +274,23 @@ async fn time_filters_prune_files_and_hot_batches() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(config(dir.path())).await.unwrap();
     for hour in 0..6 {
-        store.write(Table::ContainerUsage, minutes("a", DAY0 + hour * HOUR_MS, 10)).await.unwrap();
+        store
+            .write(
+                Table::ContainerUsage,
+                minutes("a", DAY0 + hour * HOUR_MS, 10),
+            )
+            .await
+            .unwrap();
     }
     store.flush().await.unwrap();
-    store.write(Table::ContainerUsage, minutes("a", DAY0 + 10 * HOUR_MS, 10)).await.unwrap();
-    let range = TimeRange { from_ms: DAY0 + 2 * HOUR_MS, to_ms: DAY0 + 3 * HOUR_MS - 1 };
+    store
+        .write(Table::ContainerUsage, minutes("a", DAY0 + 10 * HOUR_MS, 10))
+        .await
+        .unwrap();
+    let range = TimeRange {
+        from_ms: DAY0 + 2 * HOUR_MS,
+        to_ms: DAY0 + 3 * HOUR_MS - 1,
+    };
     let (files, hot) = store.shared.snapshot(Table::ContainerUsage, range);
     assert_eq!((files.len(), hot.len()), (1, 0));
     let (files, hot) = store.shared.snapshot(Table::ContainerUsage, TimeRange::ALL);
@@ -223,7 +334,10 @@ async fn a_rollup_p95_is_within_one_bucket_of_the_exact_p95() {
         let rank = (0.95 * values.len() as f64).ceil() as usize - 1;
         exact.push((pod.clone(), values[rank]));
         for chunk in samples.chunks(1000) {
-            store.write(Table::ContainerUsage, usage(&pod, chunk)).await.unwrap();
+            store
+                .write(Table::ContainerUsage, usage(&pod, chunk))
+                .await
+                .unwrap();
         }
     }
     store.flush().await.unwrap();
@@ -235,15 +349,26 @@ async fn a_rollup_p95_is_within_one_bucket_of_the_exact_p95() {
         .collect()
         .await
         .unwrap();
-    let pods = batches[0].column(0).as_any().downcast_ref::<StringArray>().unwrap();
-    let p95s = batches[0].column(1).as_any().downcast_ref::<Float64Array>().unwrap();
+    let pods = batches[0]
+        .column(0)
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .unwrap();
+    let p95s = batches[0]
+        .column(1)
+        .as_any()
+        .downcast_ref::<Float64Array>()
+        .unwrap();
     assert_eq!(pods.len(), 10);
     for (i, (pod, exact)) in exact.iter().enumerate() {
         assert_eq!(pods.value(i), pod);
         let rollup = p95s.value(i);
         let bucket = CPU.bucket(*exact);
         let width = CPU.bucket_end(bucket) - CPU.bucket_start(bucket);
-        assert!(rollup >= *exact && rollup - exact <= width, "{pod}: rollup {rollup}, exact {exact}, bucket width {width}");
+        assert!(
+            rollup >= *exact && rollup - exact <= width,
+            "{pod}: rollup {rollup}, exact {exact}, bucket width {width}"
+        );
     }
 }
 
@@ -252,6 +377,9 @@ async fn an_unwritable_data_directory_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("not-a-directory");
     std::fs::write(&file, b"x").unwrap();
-    let err = Store::open(config(&file)).await.err().expect("a file is not a data directory");
+    let err = Store::open(config(&file))
+        .await
+        .err()
+        .expect("a file is not a data directory");
     assert!(err.to_string().starts_with("cannot write to"), "{err}");
 }

@@ -52,7 +52,9 @@ fn decode(payload: &[u8]) -> Result<(Table, RecordBatch), String> {
         return Err("payload shorter than its table name".into());
     }
     let name = std::str::from_utf8(&rest[..name_len]).map_err(|e| e.to_string())?;
-    let table: Table = name.parse().map_err(|e: tally_wire::UnknownTable| e.to_string())?;
+    let table: Table = name
+        .parse()
+        .map_err(|e: tally_wire::UnknownTable| e.to_string())?;
     let mut reader =
         StreamReader::try_new(Cursor::new(&rest[name_len..]), None).map_err(|e| e.to_string())?;
     let batch = reader
@@ -177,7 +179,10 @@ pub(crate) fn replay(
 
 fn read_record(bytes: &[u8]) -> Result<(u64, &[u8], usize), String> {
     if bytes.len() < HEADER {
-        return Err(format!("{} bytes left, a header needs {HEADER}", bytes.len()));
+        return Err(format!(
+            "{} bytes left, a header needs {HEADER}",
+            bytes.len()
+        ));
     }
     let len = u32::from_le_bytes(bytes[0..4].try_into().unwrap()) as usize;
     let crc = u32::from_le_bytes(bytes[4..8].try_into().unwrap());
@@ -283,7 +288,11 @@ impl WalWriter {
 }
 
 /// Deletes every closed segment whose records are all at or below `through_seq`.
-pub(crate) fn truncate(dir: &Path, through_seq: u64, active_first_seq: u64) -> Result<usize, StoreError> {
+pub(crate) fn truncate(
+    dir: &Path,
+    through_seq: u64,
+    active_first_seq: u64,
+) -> Result<usize, StoreError> {
     let all = segments(dir)?;
     let mut removed = 0;
     for (i, (first, path)) in all.iter().enumerate() {

@@ -27,7 +27,10 @@ mod tests {
 
     #[test]
     fn ack_round_trips_as_json() {
-        let ack = IngestAck { rows: 12, sequence: 7 };
+        let ack = IngestAck {
+            rows: 12,
+            sequence: 7,
+        };
         assert_eq!(IngestAck::from_bytes(&ack.to_bytes()).unwrap(), ack);
         assert_eq!(
             String::from_utf8(ack.to_bytes()).unwrap(),

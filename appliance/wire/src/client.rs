@@ -64,7 +64,8 @@ impl IngestClient {
             url: url.to_string(),
             reason,
         };
-        let mut endpoint = Endpoint::from_shared(url.to_string()).map_err(|e| address(e.to_string()))?;
+        let mut endpoint =
+            Endpoint::from_shared(url.to_string()).map_err(|e| address(e.to_string()))?;
         if let Some(tls) = tls {
             let mut config = ClientTlsConfig::new()
                 .ca_certificate(Certificate::from_pem(tls.ca_pem))
@@ -72,12 +73,17 @@ impl IngestClient {
             if let Some(domain) = tls.domain {
                 config = config.domain_name(domain);
             }
-            endpoint = endpoint.tls_config(config).map_err(|e| address(e.to_string()))?;
+            endpoint = endpoint
+                .tls_config(config)
+                .map_err(|e| address(e.to_string()))?;
         }
-        let channel = endpoint.connect().await.map_err(|source| ClientError::Connect {
-            url: url.to_string(),
-            source,
-        })?;
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|source| ClientError::Connect {
+                url: url.to_string(),
+                source,
+            })?;
         Ok(Self {
             inner: FlightServiceClient::new(channel)
                 .max_decoding_message_size(64 << 20)
@@ -86,14 +92,25 @@ impl IngestClient {
     }
 
     /// Writes batches to `table` in one `DoPut` and returns one acknowledgement per batch.
-    pub async fn write(&mut self, table: Table, batches: Vec<RecordBatch>) -> Result<Vec<IngestAck>, WriteError> {
+    pub async fn write(
+        &mut self,
+        table: Table,
+        batches: Vec<RecordBatch>,
+    ) -> Result<Vec<IngestAck>, WriteError> {
         let expected = batches.iter().filter(|b| b.num_rows() > 0).count();
         let data = FlightDataEncoderBuilder::new()
-            .with_flight_descriptor(Some(FlightDescriptor::new_path(vec![table.name().to_string()])))
-            .build(futures::stream::iter(batches.into_iter().map(Ok::<_, FlightError>)))
+            .with_flight_descriptor(Some(FlightDescriptor::new_path(vec![
+                table.name().to_string(),
+            ])))
+            .build(futures::stream::iter(
+                batches.into_iter().map(Ok::<_, FlightError>),
+            ))
             .map(|r| r.expect("encoding record batches of a known schema"));
         let mut acknowledged = Vec::with_capacity(expected);
-        let fail = |acknowledged: Vec<IngestAck>, source| WriteError { acknowledged, source };
+        let fail = |acknowledged: Vec<IngestAck>, source| WriteError {
+            acknowledged,
+            source,
+        };
         let response = match self.inner.do_put(data).await {
             Ok(r) => r,
             Err(status) => return Err(fail(acknowledged, ClientError::Refused(status))),

@@ -514,7 +514,10 @@ mod tests {
     #[test]
     fn unknown_table_lists_the_known_ones() {
         let err = "nope".parse::<Table>().unwrap_err().to_string();
-        assert!(err.starts_with("unknown table `nope`; known tables: container_usage,"), "{err}");
+        assert!(
+            err.starts_with("unknown table `nope`; known tables: container_usage,"),
+            "{err}"
+        );
     }
 
     #[test]
