@@ -273,7 +273,7 @@ async fn storage(containers: usize, days: u32, step_ms: i64, data_dir: &Path) ->
     let (hourly_files, hourly_rows, hourly_bytes) = published[&Table::ContainerUsageHourly];
     store.close().await.expect("close");
     let body = format!(
-        "A simulated cluster of {} containers ({containers} asked), {days} days at {} s, written through the \
+        "A simulated cluster of {} containers ({containers} asked), {days} day(s) at {} s, written through the \
          store's full write path (WAL, hot buffer, flush each hour of data), then compacted.\n\n\
          | what | value |\n|---|---|\n\
          | samples (container_usage rows) | {samples} |\n\

@@ -162,23 +162,26 @@ async fn flight_sql_clients_query_under_the_same_rules() {
     appliance.shutdown().await.unwrap();
 }
 
-#[tokio::test]
-async fn tally_sql_prints_a_table() {
-    let (_dir, appliance) = start().await;
-    let url = appliance.http_url();
-    let output = tokio::task::spawn_blocking(move || {
+/// Runs `tally sql --url URL QUERY`.
+async fn tally_sql(url: String, query: &'static str) -> std::process::Output {
+    tokio::task::spawn_blocking(move || {
         std::process::Command::new(tally_e2e::tally_bin())
-            .args([
-                "sql",
-                "--url",
-                &url,
-                "SELECT pod, count(*) AS n FROM events GROUP BY pod ORDER BY pod",
-            ])
+            .args(["sql", "--url", &url, query])
             .output()
             .unwrap()
     })
     .await
-    .unwrap();
+    .unwrap()
+}
+
+#[tokio::test]
+async fn tally_sql_prints_a_table() {
+    let (_dir, appliance) = start().await;
+    let output = tally_sql(
+        appliance.http_url(),
+        "SELECT pod, count(*) AS n FROM events GROUP BY pod ORDER BY pod",
+    )
+    .await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
@@ -187,15 +190,7 @@ async fn tally_sql_prints_a_table() {
     );
     assert!(stdout.contains("| a   | 4 |"), "{stdout}");
 
-    let url = appliance.http_url();
-    let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(tally_e2e::tally_bin())
-            .args(["sql", "--url", &url, "DROP TABLE events"])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let output = tally_sql(appliance.http_url(), "DROP TABLE events").await;
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.starts_with("error: 403"), "{stderr}");

@@ -56,7 +56,8 @@ pub struct StoreArgs {
     /// rollups, inventory and events 90d, prices, recommendations and actions 365d.
     #[arg(long = "retention", value_parser = parse_retention)]
     pub retention: Vec<(Table, Duration)>,
-    /// Memory one SQL query may use before it fails (bytes; suffixes KiB, MiB, GiB).
+    /// Memory the SQL queries running at one time may use together; a query that needs more
+    /// fails with a clear error (nothing spills to disk). Bytes; suffixes KiB, MiB, GiB.
     #[arg(long, default_value = "512MiB", value_parser = parse_bytes)]
     pub query_memory: usize,
     /// Time one SQL query may run before it is cancelled.

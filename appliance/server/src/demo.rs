@@ -107,8 +107,9 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
     progress.finish();
     send(&mut client, cluster.snapshot_batches(end_ms)).await?;
     println!(
-        "  loaded {} days of history for {} containers: {rows} rows in {:.1} s",
+        "  loaded {} day{} of history for {} containers: {rows} rows in {:.1} s",
         args.days,
+        if args.days == 1 { "" } else { "s" },
         cluster.container_count(),
         started.elapsed().as_secs_f64()
     );
