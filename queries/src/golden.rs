@@ -1,5 +1,6 @@
-//! Golden tests: each query runs on the hand-made fixture below, through the same read-only
-//! engine the appliance uses, and its result must equal `golden/<query>.result`.
+//! Golden tests: each query runs on a hand-made fixture, through the same read-only engine the
+//! appliance uses, and its result must equal `golden/<query>.result`. `engine_with` and
+//! `check` serve every area's golden tests; the usage queries' fixture is below.
 //! `TALLY_UPDATE_GOLDEN=1 cargo test -p tally-queries` rewrites the files; review the diff.
 //!
 //! The fixture, small enough to check by hand (window 2026-01-05 10:00 to 12:00 UTC):
@@ -20,7 +21,7 @@ use chrono::{DateTime, Utc};
 use tally_store::{Store, StoreConfig};
 use tally_wire::Table;
 
-use crate::{ALL, Param};
+use crate::{Param, Query, USAGE};
 
 const MIB: i64 = 1 << 20;
 
@@ -136,27 +137,36 @@ fn container_usage(samples: &[Sample]) -> RecordBatch {
     .unwrap()
 }
 
-#[tokio::test]
-async fn every_query_matches_its_golden_result() {
+/// A store in a temporary directory holding `batches` (flushed, so the rollups exist) and the
+/// read-only engine over it. Keep the directory alive while the engine is used.
+pub(crate) async fn engine_with(
+    batches: Vec<(Table, RecordBatch)>,
+) -> (tempfile::TempDir, tally_query::QueryEngine) {
     let dir = tempfile::tempdir().unwrap();
     let mut config = StoreConfig::new(dir.path());
     config.background = false;
     let store = Store::open(config).await.unwrap();
-    store
-        .write(Table::ContainerUsage, container_usage(&fixture()))
-        .await
-        .unwrap();
+    for (table, batch) in batches {
+        store.write(table, batch).await.unwrap();
+    }
     // The rollups are derived when rows are flushed.
     store.flush().await.unwrap();
-    let engine = tally_query::QueryEngine::new(store.clone(), tally_query::QueryLimits::default());
+    let engine = tally_query::QueryEngine::new(store, tally_query::QueryLimits::default());
+    (dir, engine)
+}
 
-    let params = [
-        ("window_start", Param::Timestamp(at("2026-01-05T10:00:00Z"))),
-        ("window_end", Param::Timestamp(at("2026-01-05T12:00:00Z"))),
-    ];
+/// Runs each query with the parameters it declares (taken from `params`) and compares its
+/// result with `golden/<query>.result`; panics listing every difference.
+/// `fixture` names the file that builds the data, written at the top of each result.
+pub(crate) async fn check(
+    queries: &[Query],
+    engine: &tally_query::QueryEngine,
+    params: &[(&str, Param)],
+    fixture: &str,
+) {
     let update = std::env::var_os("TALLY_UPDATE_GOLDEN").is_some();
     let mut failures = Vec::new();
-    for query in ALL {
+    for query in queries {
         let values: Vec<(&str, Param)> = params
             .iter()
             .filter(|(name, _)| query.params.contains(name))
@@ -170,7 +180,7 @@ async fn every_query_matches_its_golden_result() {
         let table = arrow::util::pretty::pretty_format_batches(&batches)
             .unwrap()
             .to_string();
-        let mut actual = String::from("-- fixture: queries/src/golden.rs\n");
+        let mut actual = format!("-- fixture: {fixture}\n");
         for (name, value) in &values {
             actual.push_str(&format!("-- ${name} = {value:?}\n"));
         }
@@ -195,4 +205,28 @@ async fn every_query_matches_its_golden_result() {
         "golden results differ (TALLY_UPDATE_GOLDEN=1 rewrites them):\n{}",
         failures.join("\n")
     );
+}
+
+#[tokio::test]
+async fn usage_queries_match_their_golden_results() {
+    let (_dir, engine) =
+        engine_with(vec![(Table::ContainerUsage, container_usage(&fixture()))]).await;
+    let params = [
+        ("window_start", Param::Timestamp(at("2026-01-05T10:00:00Z"))),
+        ("window_end", Param::Timestamp(at("2026-01-05T12:00:00Z"))),
+    ];
+    check(USAGE, &engine, &params, "queries/src/golden.rs").await;
+}
+
+#[test]
+fn every_query_has_a_golden_result() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("golden");
+    for query in crate::all() {
+        assert!(
+            dir.join(format!("{}.result", query.name)).exists(),
+            "{} has no golden/{}.result: add a golden test for it",
+            query.name,
+            query.name
+        );
+    }
 }

@@ -12,11 +12,13 @@ pub struct Query {
     pub params: &'static [&'static str],
 }
 
+/// Declares a query from `queries/<name>.sql` with the `$parameters` it takes.
+#[macro_export]
 macro_rules! query {
     ($name:literal, [$($param:literal),*]) => {
-        Query {
+        $crate::Query {
             name: $name,
-            sql: include_str!(concat!("../", $name, ".sql")),
+            sql: include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/", $name, ".sql")),
             params: &[$($param),*],
         }
     };
@@ -29,7 +31,24 @@ pub const CONTAINER_PERCENTILES_HOURLY: Query = query!(
 pub const CONTAINER_PERCENTILES_RAW: Query =
     query!("container_percentiles_raw", ["window_start", "window_end"]);
 
-pub const ALL: &[Query] = &[CONTAINER_PERCENTILES_HOURLY, CONTAINER_PERCENTILES_RAW];
+/// The usage queries above; each area keeps its own list in its module.
+pub const USAGE: &[Query] = &[CONTAINER_PERCENTILES_HOURLY, CONTAINER_PERCENTILES_RAW];
+
+/// Rightsizing, replicas, consolidation, instance types and cost allocation.
+pub mod analysis;
+/// Network traffic: destinations, classes and cost.
+pub mod network;
+/// What the web UI's pages and the SQL console's examples read.
+pub mod ui;
+
+/// Every query of every area.
+pub fn all() -> impl Iterator<Item = &'static Query> {
+    USAGE
+        .iter()
+        .chain(analysis::ALL)
+        .chain(ui::ALL)
+        .chain(network::ALL)
+}
 
 /// A typed parameter value, rendered as a SQL literal.
 #[derive(Debug, Clone, PartialEq)]
@@ -96,7 +115,7 @@ impl Query {
 }
 
 #[cfg(test)]
-mod golden;
+pub(crate) mod golden;
 
 #[cfg(test)]
 mod tests {
@@ -104,7 +123,7 @@ mod tests {
 
     #[test]
     fn every_placeholder_is_declared_and_every_declared_one_used() {
-        for query in ALL {
+        for query in all() {
             for param in query.params {
                 assert!(
                     query.sql.contains(&format!("${param}")),
