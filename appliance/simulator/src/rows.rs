@@ -363,6 +363,7 @@ impl NodeUsageRows {
 
     pub(crate) fn finish(&mut self) -> RecordBatch {
         let mut old = std::mem::replace(self, NodeUsageRows::new(self.cap));
+        let rows = old.time.len();
         batch(
             Table::NodeUsage,
             vec![
@@ -382,6 +383,9 @@ impl NodeUsageRows {
                 i64s(&mut old.rx),
                 i64s(&mut old.tx),
                 i64s(&mut old.fs),
+                // Labels and taints of simulated nodes: not modelled yet.
+                arrow::array::new_null_array(&arrow::datatypes::DataType::Utf8, rows),
+                arrow::array::new_null_array(&arrow::datatypes::DataType::Utf8, rows),
             ],
         )
     }
@@ -536,6 +540,7 @@ impl PodRows {
     }
 
     pub(crate) fn finish(&mut self) -> RecordBatch {
+        let rows = self.time.len();
         batch(
             Table::Pods,
             vec![
@@ -551,6 +556,10 @@ impl PodRows {
                 string(&mut self.labels),
                 Arc::new(self.start.finish()),
                 Arc::new(self.deleted.finish()),
+                // Pod requests and scheduling constraints: not modelled yet.
+                arrow::array::new_null_array(&arrow::datatypes::DataType::Float64, rows),
+                arrow::array::new_null_array(&arrow::datatypes::DataType::Int64, rows),
+                arrow::array::new_null_array(&arrow::datatypes::DataType::Utf8, rows),
             ],
         )
     }
