@@ -43,7 +43,8 @@ pub fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
 }
 
-/// One line describing the machine: CPU model, cores, memory, kernel.
+/// One line describing the machine: CPU model, cores, memory, kernel, and the load average
+/// when the benchmark started (other work on a 2-core machine shows in every number).
 pub fn describe() -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
@@ -56,9 +57,12 @@ pub fn describe() -> String {
         .unwrap_or(0);
     let memory = status_kib("/proc/meminfo", "MemTotal:") * 1024;
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load: Vec<&str> = load.split_whitespace().take(3).collect();
     format!(
-        "{model}, {cores} cores, {:.1} GiB memory, Linux {}",
+        "{model}, {cores} cores, {:.1} GiB memory, Linux {}, load average {} at start",
         memory as f64 / (1u64 << 30) as f64,
-        kernel.trim()
+        kernel.trim(),
+        load.join(" ")
     )
 }
