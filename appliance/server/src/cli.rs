@@ -44,6 +44,10 @@ pub struct StoreArgs {
     /// Flush as soon as this many rows are buffered.
     #[arg(long, default_value_t = 1_000_000)]
     pub flush_rows: usize,
+    /// Backpressure: writes wait while this many rows are buffered (flushes have not kept
+    /// up), and are refused with RESOURCE_EXHAUSTED after 30 s; bounds the appliance's memory.
+    #[arg(long, default_value_t = 2_000_000)]
+    pub max_hot_rows: usize,
     /// Run compaction (merging small files) and retention this often.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub maintenance_interval: Duration,

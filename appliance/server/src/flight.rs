@@ -45,7 +45,9 @@ pub fn store_status(error: StoreError) -> Status {
         StoreError::Schema(_) | StoreError::InvalidBatch { .. } => {
             Status::invalid_argument(message)
         }
-        StoreError::NoSpace { .. } => Status::resource_exhausted(message),
+        StoreError::NoSpace { .. } | StoreError::Overloaded { .. } => {
+            Status::resource_exhausted(message)
+        }
         StoreError::Closed
         | StoreError::Unwritable { .. }
         | StoreError::Poisoned(_)

@@ -48,6 +48,7 @@ pub fn store_config(args: &StoreArgs) -> StoreConfig {
     let mut config = StoreConfig::new(&args.data_dir);
     config.flush_interval = args.flush_interval;
     config.flush_rows = args.flush_rows;
+    config.max_hot_rows = args.max_hot_rows;
     config.maintenance_interval = args.maintenance_interval;
     config.delete_grace = args.delete_grace;
     for (table, keep) in &args.retention {

@@ -44,6 +44,15 @@ pub enum StoreError {
     #[error("corrupt manifest {path}: {reason}")]
     CorruptManifest { path: PathBuf, reason: String },
 
+    #[error(
+        "the store is behind: {hot_rows} rows wait to be written to Parquet (limit {limit}) and no flush caught up within {waited_seconds} s; retry later"
+    )]
+    Overloaded {
+        hot_rows: usize,
+        limit: usize,
+        waited_seconds: u64,
+    },
+
     #[error("the store is shut down")]
     Closed,
 

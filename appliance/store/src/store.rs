@@ -36,6 +36,11 @@ pub struct StoreConfig {
     pub flush_interval: Duration,
     /// … and as soon as it holds this many rows.
     pub flush_rows: usize,
+    /// Backpressure: a write waits while the hot buffer holds this many rows (flushes have
+    /// not kept up), so memory stays bounded whatever the ingest rate; after
+    /// `max_hot_wait` it is refused with [`StoreError::Overloaded`]. Only with `background`.
+    pub max_hot_rows: usize,
+    pub max_hot_wait: Duration,
     /// How often compaction and retention run.
     pub maintenance_interval: Duration,
     /// Files replaced by compaction or dropped by retention are deleted after this grace,
@@ -55,6 +60,7 @@ impl fmt::Debug for StoreConfig {
             .field("data_dir", &self.data_dir)
             .field("flush_interval", &self.flush_interval)
             .field("flush_rows", &self.flush_rows)
+            .field("max_hot_rows", &self.max_hot_rows)
             .field("retention", &self.retention)
             .finish_non_exhaustive()
     }
@@ -69,6 +75,8 @@ impl StoreConfig {
             object_store: None,
             flush_interval: Duration::from_secs(10),
             flush_rows: 1_000_000,
+            max_hot_rows: 2_000_000,
+            max_hot_wait: Duration::from_secs(30),
             maintenance_interval: Duration::from_secs(60),
             delete_grace: Duration::from_secs(120),
             retention: Self::default_retention(),
@@ -204,6 +212,8 @@ pub struct Store {
     /// Serialises compaction and retention (the only ones that remove files).
     maintenance: tokio::sync::Mutex<()>,
     flush_wanted: Notify,
+    /// Woken after every flush attempt (writers waiting for room in the hot buffer).
+    flushed: Notify,
     stop: tokio::sync::watch::Sender<bool>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     counters: Arc<Counters>,
@@ -291,6 +301,7 @@ impl Store {
             flushing: tokio::sync::Mutex::new(()),
             maintenance: tokio::sync::Mutex::new(()),
             flush_wanted: Notify::new(),
+            flushed: Notify::new(),
             stop,
             tasks: Mutex::new(Vec::new()),
             counters,
@@ -327,6 +338,7 @@ impl Store {
                 }
             })?;
         let rows = batch.num_rows() as u64;
+        self.wait_for_room().await?;
         let Some(hot) = hot_batch(batch) else {
             return Ok(IngestAck {
                 rows: 0,
@@ -351,6 +363,37 @@ impl Store {
             self.flush_wanted.notify_one();
         }
         Ok(IngestAck { rows, sequence })
+    }
+
+    /// Backpressure: waits while the hot buffer is over `max_hot_rows`, asking for a flush.
+    async fn wait_for_room(&self) -> Result<(), StoreError> {
+        let limit = self.config.max_hot_rows;
+        if !self.config.background || self.hot_rows() < limit {
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        loop {
+            let flushed = self.flushed.notified();
+            tokio::pin!(flushed);
+            flushed.as_mut().enable();
+            let hot_rows = self.hot_rows();
+            if hot_rows < limit {
+                return Ok(());
+            }
+            if self.requests.lock().expect("lock").is_none() {
+                return Err(StoreError::Closed);
+            }
+            if started.elapsed() >= self.config.max_hot_wait {
+                return Err(StoreError::Overloaded {
+                    hot_rows,
+                    limit,
+                    waited_seconds: started.elapsed().as_secs(),
+                });
+            }
+            self.flush_wanted.notify_one();
+            // The timeout re-checks even if a wake-up was missed or a flush failed.
+            let _ = tokio::time::timeout(Duration::from_millis(200), flushed).await;
+        }
     }
 
     fn hot_rows(&self) -> usize {
@@ -676,6 +719,7 @@ impl Store {
                 if let Err(error) = store.flush().await {
                     tracing::error!(%error, "flush failed; the rows stay in the write-ahead log and the hot buffer, and the flush is retried");
                 }
+                store.flushed.notify_waiters();
             }
         }));
         let weak = Arc::downgrade(self);

@@ -383,3 +383,52 @@ async fn an_unwritable_data_directory_is_a_clear_error() {
         .expect("a file is not a data directory");
     assert!(err.to_string().starts_with("cannot write to"), "{err}");
 }
+
+#[tokio::test]
+async fn writes_wait_for_flushes_when_the_hot_buffer_is_full_and_refuse_when_none_comes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = StoreConfig::new(dir.path());
+    // Only backpressure asks for flushes: no timer, no row threshold.
+    config.flush_interval = Duration::from_secs(3600);
+    config.flush_rows = usize::MAX;
+    config.max_hot_rows = 100;
+    let store = Store::open(config).await.unwrap();
+    let samples: Vec<(i64, f64, i64)> = (0..60).map(|i| (i * 1000, 0.5, 1 << 20)).collect();
+    for round in 0..10 {
+        store
+            .write(Table::ContainerUsage, usage(&format!("p{round}"), &samples))
+            .await
+            .unwrap();
+        // At most one batch beyond the limit is ever held.
+        assert!(store.stats().hot_rows < 160, "{:?}", store.stats());
+    }
+    assert!(store.stats().flushes >= 4, "{:?}", store.stats());
+    assert_eq!(store.stats().acknowledged_rows, 600);
+    store.close().await.unwrap();
+
+    // With no time to wait, a write over the limit is refused with a clear error.
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = StoreConfig::new(dir.path());
+    config.flush_interval = Duration::from_secs(3600);
+    config.flush_rows = usize::MAX;
+    config.max_hot_rows = 100;
+    config.max_hot_wait = Duration::ZERO;
+    let store = Store::open(config).await.unwrap();
+    let many: Vec<(i64, f64, i64)> = (0..150).map(|i| (i * 1000, 0.5, 1 << 20)).collect();
+    store
+        .write(Table::ContainerUsage, usage("big", &many))
+        .await
+        .unwrap();
+    let refused = store
+        .write(Table::ContainerUsage, usage("next", &samples))
+        .await
+        .unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("150 rows wait to be written to Parquet (limit 100)"),
+        "{refused}"
+    );
+    assert_eq!(store.stats().acknowledged_rows, 150);
+    store.close().await.unwrap();
+}
