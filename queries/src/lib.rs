@@ -116,6 +116,8 @@ impl Query {
 
 #[cfg(test)]
 pub(crate) mod golden;
+#[cfg(test)]
+mod golden_analysis;
 
 #[cfg(test)]
 mod tests {

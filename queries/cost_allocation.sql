@@ -1,0 +1,194 @@
+-- Cost allocation, OpenCost's model: every container is charged, for every hour it ran,
+-- max(request, usage) of CPU and of memory at its node's unit prices; what the nodes cost
+-- beyond that is idle. Aggregated by any set of namespace, controller (or workload),
+-- controllerKind, node, pod, container and one label (label:<key>), comma-separated.
+--
+-- Parameters:
+--   $window_start, $window_end   [start, end), whole hours
+--   $aggregate                   e.g. 'namespace', 'namespace,controller', 'label:team', 'node'
+--   $default_cpu_core_hour_usd, $default_memory_gib_hour_usd  see node_prices.sql
+--
+-- Usage is the hour's mean (rollup sum / samples). Requests are the workload spec's newest
+-- before the window's end (a change of requests inside the window is not split). A container
+-- that ran part of an hour is charged that part: its samples over its node's samples in the
+-- hour. Nodes are charged for every hour they reported. Idle rows are named __idle__ (with
+-- the node in front when aggregating by node), as OpenCost names them.
+-- GPU, persistent volume and network costs are 0: no GPU or volume prices are stored yet,
+-- and network rates arrive with network monitoring; they are never made up.
+-- Efficiency: usage / request per resource; total efficiency weights each by its cost.
+WITH params AS (
+  SELECT
+    string_to_array($aggregate, ',') AS agg,
+    regexp_match($aggregate, 'label:([^,]+)')[1] AS label_key
+),
+nodes AS (
+  SELECT * FROM (
+    SELECT
+      node, region, instance_type, capacity_type, cpu_capacity_cores, memory_capacity_bytes,
+      row_number() OVER (PARTITION BY node ORDER BY time DESC) AS newest
+    FROM node_usage
+    WHERE time >= $window_start AND time < $window_end
+  ) WHERE newest = 1
+),
+node_hours AS (
+  SELECT node, date_trunc('hour', time) AS hour, count(*) AS samples
+  FROM node_usage
+  WHERE time >= $window_start AND time < $window_end
+  GROUP BY node, date_trunc('hour', time)
+),
+price AS (
+  SELECT * FROM (
+    SELECT
+      region, instance_type, capacity_type, hourly_usd,
+      row_number() OVER (
+        PARTITION BY region, instance_type, capacity_type
+        ORDER BY CASE source WHEN 'user' THEN 0 ELSE 1 END, time DESC
+      ) AS pick
+    FROM prices
+    WHERE time < $window_end
+  ) WHERE pick = 1
+),
+node_price AS (
+  SELECT
+    n.node,
+    h.hourly_usd * h.cpu_weight / (h.cpu_weight + h.memory_weight) / n.cpu_capacity_cores AS cpu_core_hour_usd,
+    h.hourly_usd * h.memory_weight / (h.cpu_weight + h.memory_weight)
+      / (n.memory_capacity_bytes / 1073741824.0) AS memory_gib_hour_usd,
+    h.hourly_usd
+  FROM nodes n
+  JOIN (
+    SELECT
+      n.node,
+      coalesce(p.hourly_usd,
+        n.cpu_capacity_cores * $default_cpu_core_hour_usd
+        + n.memory_capacity_bytes / 1073741824.0 * $default_memory_gib_hour_usd) AS hourly_usd,
+      n.cpu_capacity_cores * $default_cpu_core_hour_usd AS cpu_weight,
+      n.memory_capacity_bytes / 1073741824.0 * $default_memory_gib_hour_usd AS memory_weight
+    FROM nodes n
+    LEFT JOIN price p
+      ON p.region = n.region AND p.instance_type = n.instance_type
+      AND p.capacity_type = n.capacity_type
+  ) h ON h.node = n.node
+),
+node_cost AS (
+  SELECT p.node, count(*) AS hours, count(*) * p.hourly_usd AS cost_usd
+  FROM node_hours h
+  JOIN node_price p ON p.node = h.node
+  GROUP BY p.node, p.hourly_usd
+),
+spec AS (
+  SELECT * FROM (
+    SELECT
+      namespace, kind, name, container, cpu_request_cores, memory_request_bytes, labels,
+      row_number() OVER (PARTITION BY namespace, kind, name, container ORDER BY time DESC) AS newest
+    FROM workloads
+    WHERE time < $window_end
+  ) WHERE newest = 1
+),
+container_hours AS (
+  SELECT namespace, pod, container, node, workload_kind, workload_name, time AS hour,
+    sum(samples) AS samples,
+    sum(cpu_sum) / sum(samples) AS cpu_cores,
+    sum(memory_sum) / sum(samples) AS memory_bytes
+  FROM container_usage_hourly
+  WHERE time >= $window_start AND time < $window_end
+  GROUP BY namespace, pod, container, node, workload_kind, workload_name, time
+),
+allocated AS (
+  SELECT
+    c.*,
+    least(1.0, CAST(c.samples AS DOUBLE) / coalesce(h.samples, c.samples)) AS hours,
+    coalesce(s.cpu_request_cores, 0.0) AS cpu_request,
+    CAST(coalesce(s.memory_request_bytes, 0) AS DOUBLE) AS memory_request,
+    s.labels,
+    coalesce(p.cpu_core_hour_usd, $default_cpu_core_hour_usd) AS cpu_price,
+    coalesce(p.memory_gib_hour_usd, $default_memory_gib_hour_usd) AS memory_price
+  FROM container_hours c
+  LEFT JOIN node_hours h ON h.node = c.node AND h.hour = c.hour
+  LEFT JOIN spec s
+    ON s.namespace = c.namespace AND s.kind = c.workload_kind AND s.name = c.workload_name
+    AND s.container = c.container
+  LEFT JOIN node_price p ON p.node = c.node
+),
+charged AS (
+  SELECT
+    a.*,
+    a.hours * greatest(a.cpu_request, a.cpu_cores) AS cpu_core_hours,
+    a.hours * greatest(a.memory_request, a.memory_bytes) AS memory_byte_hours,
+    a.hours * greatest(a.cpu_request, a.cpu_cores) * a.cpu_price AS cpu_cost,
+    a.hours * greatest(a.memory_request, a.memory_bytes) / 1073741824.0 * a.memory_price AS memory_cost,
+    concat_ws('/',
+      CASE WHEN array_has(params.agg, 'cluster') THEN 'cluster' END,
+      CASE WHEN array_has(params.agg, 'node') THEN a.node END,
+      CASE WHEN array_has(params.agg, 'namespace') THEN a.namespace END,
+      CASE WHEN array_has(params.agg, 'controllerKind') THEN a.workload_kind END,
+      CASE WHEN array_has(params.agg, 'controller') OR array_has(params.agg, 'workload')
+        THEN a.workload_name END,
+      CASE WHEN array_has(params.agg, 'pod') THEN a.pod END,
+      CASE WHEN array_has(params.agg, 'container') THEN a.container END,
+      CASE WHEN params.label_key IS NOT NULL THEN coalesce(
+        regexp_match(a.labels, concat('"', params.label_key, '":"([^"]*)"'))[1],
+        '__unallocated__') END
+    ) AS name
+  FROM allocated a
+  CROSS JOIN params
+),
+per_node AS (
+  SELECT node, sum(cpu_cost + memory_cost) AS allocated_usd
+  FROM charged
+  GROUP BY node
+),
+idle AS (
+  SELECT
+    CASE WHEN array_has(params.agg, 'node') THEN concat(c.node, '/__idle__') ELSE '__idle__' END AS name,
+    c.cost_usd - coalesce(a.allocated_usd, 0.0) AS idle_usd,
+    c.hours
+  FROM node_cost c
+  LEFT JOIN per_node a ON a.node = c.node
+  CROSS JOIN params
+)
+SELECT
+  name,
+  sum(cpu_core_hours) / ((to_unixtime($window_end) - to_unixtime($window_start)) / 3600.0) AS cpu_cores,
+  sum(hours * cpu_request) AS cpu_core_request_hours,
+  sum(hours * cpu_cores) AS cpu_core_usage_hours,
+  sum(cpu_core_hours) AS cpu_core_hours,
+  sum(cpu_cost) AS cpu_cost_usd,
+  sum(hours * memory_request) AS ram_byte_request_hours,
+  sum(hours * memory_bytes) AS ram_byte_usage_hours,
+  sum(memory_byte_hours) AS ram_byte_hours,
+  sum(memory_cost) AS ram_cost_usd,
+  0.0 AS gpu_cost_usd,
+  0.0 AS pv_cost_usd,
+  0.0 AS network_cost_usd,
+  sum(cpu_cost + memory_cost) AS total_cost_usd,
+  CASE WHEN sum(hours * cpu_request) > 0
+    THEN sum(hours * cpu_cores) / sum(hours * cpu_request) END AS cpu_efficiency,
+  CASE WHEN sum(hours * memory_request) > 0
+    THEN sum(hours * memory_bytes) / sum(hours * memory_request) END AS ram_efficiency,
+  -- Weighted by cost over the resources that have requests (none: NULL).
+  (
+    CASE WHEN sum(hours * cpu_request) > 0
+      THEN sum(hours * cpu_cores) / sum(hours * cpu_request) * sum(cpu_cost) ELSE 0.0 END
+    + CASE WHEN sum(hours * memory_request) > 0
+      THEN sum(hours * memory_bytes) / sum(hours * memory_request) * sum(memory_cost) ELSE 0.0 END
+  ) / nullif(
+    CASE WHEN sum(hours * cpu_request) > 0 THEN sum(cpu_cost) ELSE 0.0 END
+    + CASE WHEN sum(hours * memory_request) > 0 THEN sum(memory_cost) ELSE 0.0 END,
+    0.0
+  ) AS total_efficiency,
+  min(hour) AS first_hour,
+  max(hour) AS last_hour
+FROM charged
+GROUP BY name
+UNION ALL
+SELECT
+  name,
+  NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+  0.0, 0.0, 0.0,
+  sum(idle_usd),
+  NULL, NULL, NULL,
+  NULL, NULL
+FROM idle
+GROUP BY name
+ORDER BY name
