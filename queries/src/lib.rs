@@ -118,6 +118,8 @@ impl Query {
 pub(crate) mod golden;
 #[cfg(test)]
 mod golden_analysis;
+#[cfg(test)]
+mod golden_ui;
 
 #[cfg(test)]
 mod tests {
