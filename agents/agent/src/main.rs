@@ -18,6 +18,8 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     // Each agent adds one variant here and one arm in `main`.
+    /// The node network agent: flows from conntrack or eBPF, DNS lookups, pod enrichment.
+    Netmon(tally_netmon::NetmonArgs),
 }
 
 fn main() -> ExitCode {
@@ -31,7 +33,11 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-    let result: Result<(), String> = runtime.block_on(async move { match cli.command {} });
+    let result: Result<(), String> = runtime.block_on(async move {
+        match cli.command {
+            Command::Netmon(args) => tally_netmon::run(args).await.map_err(|e| e.to_string()),
+        }
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
