@@ -1,0 +1,177 @@
+//! The overview: what the cluster costs per month (allocated, idle, by namespace), what the
+//! recommendations would save, how efficiently requests are used, usage over time and the
+//! top recommendations.
+
+use axum::extract::State;
+use axum::response::Response;
+use maud::{Markup, html};
+use tally_queries::{Param, analysis, ui};
+
+use crate::chart::{LineChart, Reference, Series, bars};
+use crate::data::{self, Rows};
+use crate::format;
+use crate::layout::{self, card, stat};
+use crate::{UiState, Viewer};
+
+/// Unit prices for nodes whose instance type has no price (OpenCost's defaults), passed to
+/// `cost_allocation.sql`.
+pub const DEFAULT_CPU_CORE_HOUR_USD: f64 = 0.031611;
+pub const DEFAULT_MEMORY_GIB_HOUR_USD: f64 = 0.004237;
+/// Hours in an average month: window costs are scaled to a month with it.
+pub const HOURS_PER_MONTH: f64 = 730.0;
+
+/// Runs the analysis' cost allocation over the window, aggregated by `aggregate`.
+pub async fn cost_allocation(state: &UiState, aggregate: &str) -> Result<Rows, data::DataError> {
+    let end = (state.now)();
+    // Whole hours, as the query wants.
+    let end = end
+        - chrono::Duration::seconds(end.timestamp().rem_euclid(3600))
+        - chrono::Duration::nanoseconds(end.timestamp_subsec_nanos() as i64);
+    let mut params: Vec<(&str, Param)> = data::window(end, state.window_days).into();
+    params.push(("aggregate", Param::Text(aggregate.to_string())));
+    params.push((
+        "default_cpu_core_hour_usd",
+        Param::Float(DEFAULT_CPU_CORE_HOUR_USD),
+    ));
+    params.push((
+        "default_memory_gib_hour_usd",
+        Param::Float(DEFAULT_MEMORY_GIB_HOUR_USD),
+    ));
+    data::run(&state.engine, &analysis::COST_ALLOCATION, &params).await
+}
+
+fn costs(state: &UiState, rows: &Rows) -> (Markup, Option<f64>, Option<f64>) {
+    let per_month = HOURS_PER_MONTH / (state.window_days as f64 * 24.0);
+    let mut idle = 0.0;
+    let mut allocated = 0.0;
+    let mut by_namespace: Vec<(String, f64)> = Vec::new();
+    let mut weighted_efficiency = 0.0;
+    for r in rows.iter() {
+        let cost = r.float("total_cost_usd").unwrap_or(0.0) * per_month;
+        if r.text("name").contains("__idle__") {
+            idle += cost;
+        } else {
+            allocated += cost;
+            weighted_efficiency += cost * r.float("total_efficiency").unwrap_or(0.0);
+            by_namespace.push((r.text("name").to_string(), cost));
+        }
+    }
+    by_namespace.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    by_namespace.truncate(15);
+    let efficiency = (allocated > 0.0).then(|| weighted_efficiency / allocated);
+    let markup = html! {
+        div.stats {
+            (stat("Cluster cost / month", &format::usd(Some(allocated + idle)), &format!("at the last {} days' rate", state.window_days)))
+            (stat("Allocated", &format::usd(Some(allocated)), "max(request, usage) × unit price, per container"))
+            (stat("Idle", &format::usd(Some(idle)), &format!("{} of node cost nobody requested or used", format::percent((allocated + idle > 0.0).then(|| idle / (allocated + idle))))))
+            (stat("Efficiency", &format::percent(efficiency), "usage ÷ requests, weighted by cost"))
+        }
+        h3 { "Cost per month by namespace" }
+        (bars("Cost per month by namespace", &by_namespace, |v| format::usd(Some(v))))
+        p.hint { "GPU, storage and network costs are not included yet: no GPU or volume prices are stored, and network rates arrive with network monitoring." }
+    };
+    (markup, Some(allocated + idle), efficiency)
+}
+
+fn usage_chart(rows: &Rows) -> Markup {
+    let series = |column: &str| -> Vec<(i64, f64)> {
+        rows.iter()
+            .filter_map(|r| Some((r.time("time")?.timestamp_millis(), r.float(column)?)))
+            .collect()
+    };
+    LineChart {
+        title: "Cluster CPU in use and allocatable, hourly, cores",
+        series: vec![
+            Series {
+                name: "CPU in use".into(),
+                points: series("cpu_used_cores"),
+                dashed: false,
+            },
+            Series {
+                name: "CPU allocatable".into(),
+                points: series("cpu_allocatable_cores"),
+                dashed: true,
+            },
+        ],
+        references: Vec::<Reference>::new(),
+        markers: vec![],
+        unit: |v| format::cores(Some(v)),
+    }
+    .render()
+}
+
+fn top_recommendations(rows: &Rows) -> Markup {
+    html! {
+        @if rows.is_empty() {
+            (layout::empty("No recommendations yet.", "The analysis runs every few minutes once there is enough history; its recommendations show up here."))
+        } @else {
+            table.data {
+                thead { tr { th scope="col" { "Workload" } th scope="col" { "What" } th.n scope="col" { "Saves / month" } th scope="col" { "Status" } } }
+                tbody {
+                    @for r in rows.iter().take(5) {
+                        tr {
+                            td {
+                                @if r.text("target_kind") == "NodeGroup" { "node group " (r.text("target_name")) }
+                                @else {
+                                    a href=(super::workloads::workload_href(r.text("namespace"), r.text("target_kind"), r.text("target_name"))) {
+                                        (r.text("namespace")) "/" (r.text("target_name"))
+                                    }
+                                }
+                            }
+                            td { (r.text("kind")) }
+                            td.n { (format::usd(r.float("savings_monthly_usd"))) }
+                            td { span class=(format!("badge s-{}", r.text("status"))) { (r.text("status")) } }
+                        }
+                    }
+                }
+            }
+            p { a href="/recommendations" { "All recommendations →" } }
+        }
+    }
+}
+
+/// `GET /`.
+pub async fn page(State(state): State<UiState>, viewer: Viewer) -> Response {
+    let window = data::window((state.now)(), state.window_days);
+    let (allocation, usage, recommendations) = tokio::join!(
+        cost_allocation(&state, "namespace"),
+        data::run(&state.engine, &ui::CLUSTER_USAGE_HOURLY, &window),
+        data::run(&state.engine, &ui::RECOMMENDATIONS, &[]),
+    );
+    let savings: Option<f64> = recommendations.as_ref().ok().map(|r| {
+        r.iter()
+            .filter_map(|r| r.float("savings_monthly_usd"))
+            .sum()
+    });
+    let nodes_now = usage
+        .as_ref()
+        .ok()
+        .and_then(|u| u.iter().last().and_then(|r| r.int("nodes")));
+    let content = html! {
+        h1 { "Overview" }
+        p.lead { "The cluster over the last " (state.window_days) " days." }
+        div.stats {
+            (stat("Potential savings / month", &format::usd(savings), "what the newest recommendations save together"))
+            (stat("Nodes", &nodes_now.map_or("–".to_string(), |n| n.to_string()), "reporting in the last hour"))
+        }
+        (card("Cost", match &allocation {
+            Ok(rows) if rows.is_empty() => layout::empty("No cost yet.", "Costs appear once nodes have reported for a whole hour and prices are known (the shipped catalog or your own on the Settings page)."),
+            Ok(rows) => costs(&state, rows).0,
+            Err(error) => layout::data_error(error),
+        }))
+        (card("CPU over time", match &usage {
+            Ok(rows) if rows.is_empty() => layout::empty("No node samples yet.", "Nodes appear once the collector reports them."),
+            Ok(rows) => html! {
+                (usage_chart(rows))
+                (layout::not_yet("Cost over time:", "not charted yet; the cost above covers the whole window."))
+            },
+            Err(error) => layout::data_error(error),
+        }))
+        (card("Top recommendations", match &recommendations {
+            Ok(rows) => top_recommendations(rows),
+            Err(error) => layout::data_error(error),
+        }))
+        (layout::sources(&[&analysis::COST_ALLOCATION, &ui::CLUSTER_USAGE_HOURLY, &ui::RECOMMENDATIONS]))
+    };
+    layout::respond(&viewer, "/", "Overview", content)
+}
