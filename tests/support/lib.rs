@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 use arrow::array::{Int64Array, RecordBatch, StringArray, TimestampMillisecondArray};
 use tally_wire::Table;
 
+/// The real Kubernetes test cluster, and the collector agent run against it.
+pub mod cluster;
+
 /// The `tally` binary under test: `$TALLY_BIN`, or the debug build in the cargo target
 /// directory (the test command builds it first).
 pub fn tally_bin() -> PathBuf {

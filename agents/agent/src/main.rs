@@ -20,6 +20,9 @@ enum Command {
     // Each agent adds one variant here and one arm in `main`.
     /// The node network agent: flows from conntrack or eBPF, DNS lookups, pod enrichment.
     Netmon(tally_netmon::NetmonArgs),
+    /// The cluster agent: informers for workloads, pods, nodes and events, kubelet usage
+    /// scraping, delivery to the appliance with a bootstrapped client certificate.
+    Collector(tally_collector::CollectorArgs),
 }
 
 fn main() -> ExitCode {
@@ -36,6 +39,9 @@ fn main() -> ExitCode {
     let result: Result<(), String> = runtime.block_on(async move {
         match cli.command {
             Command::Netmon(args) => tally_netmon::run(args).await.map_err(|e| e.to_string()),
+            Command::Collector(args) => {
+                tally_collector::run(args).await.map_err(|e| e.to_string())
+            }
         }
     });
     match result {

@@ -1,6 +1,7 @@
 //! Tally's appliance: the store behind an Arrow Flight endpoint (ingest and Flight SQL,
 //! mutual TLS) and an HTTP server (the UI, the SQL API, export, health and metrics).
 
+pub mod bootstrap;
 pub mod cli;
 pub mod demo;
 pub mod export;
