@@ -17,7 +17,7 @@ static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/netmon.bpf.o"))
 /// "built", or why the object is empty.
 const BUILD: &str = env!("TALLY_NETMON_BPF");
 /// The largest DNS payload the program copies (DNS_MAX in the C source).
-const DNS_MAX: usize = 1232;
+const DNS_MAX: usize = 2048;
 
 /// `struct flow_key` of the C program.
 #[repr(C)]
