@@ -427,10 +427,13 @@ spec:
             "SELECT cpu_cores, cpu_throttled_seconds, cpu_limit_cores, cpu_request_cores, memory_working_set_bytes, workload_kind, node \
              FROM container_usage WHERE namespace = '{ns}' AND pod = 'busy' AND container = 'main' ORDER BY time"
         )).await;
-        let last: Vec<&Vec<Value>> = found.iter().rev().take(2).collect();
-        if last.len() < 2 { return Err(format!("{} samples", found.len())); }
-        let throttled_rising = last.iter().all(|r| r[1].as_f64().unwrap_or(0.0) > 0.0);
-        let cpu = last[0][0].as_f64().unwrap_or(0.0);
+        // The kubelet refreshes cadvisor's counters every 10-15 s, so some 5 s samples see no
+        // new throttling; rising means the counter grew at two samples or more.
+        let throttled = found.iter().filter(|r| r[1].as_f64().unwrap_or(0.0) > 0.0).count();
+        let throttled_rising = throttled >= 2;
+        let Some(cpu) = found.last().and_then(|r| r[0].as_f64()) else {
+            return Err(format!("{found:?}"));
+        };
         if throttled_rising && (0.12..=0.24).contains(&cpu) { Ok(found) } else { Err(format!("{found:?}")) }
     })
     .await;
@@ -462,7 +465,8 @@ spec:
     let oom = events.iter().find(|r| r[0] == "OOMKilled").unwrap();
     assert_eq!(oom[1], "main");
     assert_eq!(oom[2].as_i64(), Some(20 << 20), "the memory limit it hit");
-    assert!(oom[3].as_i64().unwrap() >= 1, "{oom:?}");
+    // The first kill is seen in the container's current state, before the restart.
+    assert!(oom[3].as_i64().is_some(), "{oom:?}");
     let restarted = events.iter().find(|r| r[0] == "Restarted").unwrap();
     assert!(restarted[3].as_i64().unwrap() >= 1, "{restarted:?}");
 
@@ -681,7 +685,7 @@ async fn batches_wait_while_the_appliance_is_down_and_beyond_the_bound_the_oldes
     let times =
         async |server: &Server| -> Vec<i64> {
             let found = rows(server, &format!(
-            "SELECT CAST(time AS BIGINT) FROM node_usage WHERE node = '{node}' ORDER BY time"
+            "SELECT CAST(time AS BIGINT) AS t FROM node_usage WHERE node = '{node}' ORDER BY time"
         )).await;
             found.iter().map(|r| r[0].as_i64().unwrap()).collect()
         };
