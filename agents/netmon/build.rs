@@ -54,5 +54,7 @@ fn main() {
         "cargo:warning=eBPF programs not built (no clang: {failure}install clang-19 and libbpf-dev)"
     );
     std::fs::write(&out, b"").unwrap();
-    println!("cargo:rustc-env=TALLY_NETMON_BPF=not built: clang was not found when the agent was compiled ({failure}install clang-19 and libbpf-dev)");
+    println!(
+        "cargo:rustc-env=TALLY_NETMON_BPF=not built: clang was not found when the agent was compiled ({failure}install clang-19 and libbpf-dev)"
+    );
 }

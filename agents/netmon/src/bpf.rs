@@ -46,7 +46,9 @@ unsafe impl aya::Pod for BpfCounters {}
 
 fn address(family: u8, bytes: &[u8; 16]) -> Option<IpAddr> {
     match family {
-        4 => Some(IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))),
+        4 => Some(IpAddr::V4(Ipv4Addr::new(
+            bytes[0], bytes[1], bytes[2], bytes[3],
+        ))),
         6 => Some(IpAddr::V6(Ipv6Addr::from(*bytes))),
         _ => None,
     }
@@ -122,7 +124,9 @@ impl BpfPrograms {
                 .ok_or_else(|| fail("finding a program", &name))?
                 .try_into()
                 .map_err(|e| fail(name, &e))?;
-            program.load().map_err(|e| fail(&format!("loading {name}"), &e))?;
+            program
+                .load()
+                .map_err(|e| fail(&format!("loading {name}"), &e))?;
             // Single: AllowMultiple is refused with EINVAL on some kernels.
             program
                 .attach(&dir, kind, CgroupAttachMode::Single)
@@ -146,7 +150,9 @@ impl BpfPrograms {
         &self.cgroup
     }
 
-    fn flows_map(&mut self) -> Result<BpfHashMap<&mut MapData, BpfFlowKey, BpfCounters>, NetmonError> {
+    fn flows_map(
+        &mut self,
+    ) -> Result<BpfHashMap<&mut MapData, BpfFlowKey, BpfCounters>, NetmonError> {
         let map = self
             .ebpf
             .map_mut("flows")
@@ -191,10 +197,9 @@ impl BpfPrograms {
 
     /// Takes the DNS ring buffer (once) for a reader.
     pub fn take_dns(&mut self) -> Result<DnsRing, NetmonError> {
-        let map = self
-            .ebpf
-            .take_map("dns_events")
-            .ok_or_else(|| NetmonError::Bpf("the `dns_events` ring buffer was already taken".into()))?;
+        let map = self.ebpf.take_map("dns_events").ok_or_else(|| {
+            NetmonError::Bpf("the `dns_events` ring buffer was already taken".into())
+        })?;
         let ring = RingBuf::try_from(map)
             .map_err(|e| NetmonError::Bpf(format!("the `dns_events` ring buffer: {e}")))?;
         Ok(DnsRing { ring })
@@ -261,8 +266,14 @@ mod tests {
     #[test]
     fn the_cgroup2_mount_comes_from_proc_mounts() {
         let hybrid = "tmpfs /sys/fs/cgroup tmpfs rw 0 0\ncgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0\ncgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n";
-        assert_eq!(cgroup2_in(hybrid), Some(PathBuf::from("/sys/fs/cgroup/unified")));
-        assert_eq!(cgroup2_in("cgroup2 /sys/fs/cgroup cgroup2 rw 0 0\n"), Some(PathBuf::from("/sys/fs/cgroup")));
+        assert_eq!(
+            cgroup2_in(hybrid),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        assert_eq!(
+            cgroup2_in("cgroup2 /sys/fs/cgroup cgroup2 rw 0 0\n"),
+            Some(PathBuf::from("/sys/fs/cgroup"))
+        );
         assert_eq!(cgroup2_in("proc /proc proc rw 0 0\n"), None);
     }
 

@@ -452,7 +452,13 @@ mod tests {
             Err(DnsError::BadName("reserved label type"))
         );
 
-        let mut short_a = response(6, "example.com", 1, &[Answer::Address("example.com", ip("192.0.2.1"))], 1);
+        let mut short_a = response(
+            6,
+            "example.com",
+            1,
+            &[Answer::Address("example.com", ip("192.0.2.1"))],
+            1,
+        );
         let at = short_a.len() - 6;
         short_a[at + 1] = 3; // rdlength 3
         short_a.pop();
@@ -468,7 +474,10 @@ mod tests {
             8,
             "a.test",
             1,
-            &[Answer::Cname("a.test", "b.test"), Answer::Cname("b.test", "a.test")],
+            &[
+                Answer::Cname("a.test", "b.test"),
+                Answer::Cname("b.test", "a.test"),
+            ],
             5,
         );
         let parsed = parse_response(&packet).unwrap();

@@ -29,12 +29,17 @@ impl DomainMap {
         if !self.entries.contains_key(&ip) && self.entries.len() >= self.max_entries {
             self.expire(now);
             if self.entries.len() >= self.max_entries
-                && let Some(oldest) = self.entries.iter().min_by_key(|(_, (_, t))| *t).map(|(ip, _)| *ip)
+                && let Some(oldest) = self
+                    .entries
+                    .iter()
+                    .min_by_key(|(_, (_, t))| *t)
+                    .map(|(ip, _)| *ip)
             {
                 self.entries.remove(&oldest);
             }
         }
-        self.entries.insert(ip, (domain.to_string(), now + self.ttl));
+        self.entries
+            .insert(ip, (domain.to_string(), now + self.ttl));
     }
 
     /// The domain `ip` was last answered for, if that was less than the TTL before `now`.
@@ -72,10 +77,16 @@ mod tests {
         let ip: IpAddr = "203.0.113.9".parse().unwrap();
         let mut map = DomainMap::new(ttl, 10);
         map.learn(ip, "api.example.com", t0);
-        assert_eq!(map.lookup(&ip, t0 + Duration::from_secs(119)), Some("api.example.com"));
+        assert_eq!(
+            map.lookup(&ip, t0 + Duration::from_secs(119)),
+            Some("api.example.com")
+        );
         assert_eq!(map.lookup(&ip, t0 + ttl), None);
         map.learn(ip, "cdn.example.net", t0 + Duration::from_secs(100));
-        assert_eq!(map.lookup(&ip, t0 + Duration::from_secs(200)), Some("cdn.example.net"));
+        assert_eq!(
+            map.lookup(&ip, t0 + Duration::from_secs(200)),
+            Some("cdn.example.net")
+        );
         map.expire(t0 + Duration::from_secs(300));
         assert!(map.is_empty());
     }
@@ -89,10 +100,20 @@ mod tests {
         map.learn(ip(2), "two", t0 + Duration::from_secs(5));
         map.learn(ip(3), "three", t0 + Duration::from_secs(6));
         assert_eq!(map.len(), 2);
-        assert_eq!(map.lookup(&ip(1), t0 + Duration::from_secs(6)), None, "oldest went");
+        assert_eq!(
+            map.lookup(&ip(1), t0 + Duration::from_secs(6)),
+            None,
+            "oldest went"
+        );
         map.learn(ip(4), "four", t0 + Duration::from_secs(15));
         assert_eq!(map.len(), 2, "two expired, so only three and four remain");
-        assert_eq!(map.lookup(&ip(3), t0 + Duration::from_secs(15)), Some("three"));
-        assert_eq!(map.lookup(&ip(4), t0 + Duration::from_secs(15)), Some("four"));
+        assert_eq!(
+            map.lookup(&ip(3), t0 + Duration::from_secs(15)),
+            Some("three")
+        );
+        assert_eq!(
+            map.lookup(&ip(4), t0 + Duration::from_secs(15)),
+            Some("four")
+        );
     }
 }

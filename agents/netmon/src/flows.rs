@@ -392,7 +392,10 @@ mod tests {
         table.poll([reading("1.1.1.1", 5000, 1, 150, 10)]);
         assert_eq!(
             totals(&table.flush()),
-            vec![("1.1.1.1".into(), 100 + 150, 10 + 10), ("2.2.2.2".into(), 100, 10)]
+            vec![
+                ("1.1.1.1".into(), 100 + 150, 10 + 10),
+                ("2.2.2.2".into(), 100, 10)
+            ]
         );
     }
 
@@ -409,7 +412,10 @@ mod tests {
             reading("1.1.1.3", 1, 3, 1, 1),
             reading("1.1.1.4", 1, 4, 1, 1),
         ]);
-        assert_eq!(stats.dropped, 2, "one entry over max_entries, one flow over max_flows");
+        assert_eq!(
+            stats.dropped, 2,
+            "one entry over max_entries, one flow over max_flows"
+        );
         assert_eq!(table.entries(), 3);
         assert_eq!(table.flush().len(), 2);
     }

@@ -168,7 +168,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "" | "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n * 60),
         "h" => Duration::from_secs(n * 3600),
-        _ => return Err(format!("`{text}`: unknown unit `{unit}` (use ms, s, m or h)")),
+        _ => {
+            return Err(format!(
+                "`{text}`: unknown unit `{unit}` (use ms, s, m or h)"
+            ));
+        }
     };
     if duration.is_zero() {
         return Err(format!("`{text}`: the duration must be positive"));
@@ -374,7 +378,10 @@ fn bpf_thread(
                     let idle = table.take_idle();
                     drop(table);
                     if stats.dropped > 0 {
-                        tracing::warn!("{} eBPF flow readings dropped: limits reached", stats.dropped);
+                        tracing::warn!(
+                            "{} eBPF flow readings dropped: limits reached",
+                            stats.dropped
+                        );
                     }
                     if let Err(e) = programs.forget(&idle) {
                         tracing::warn!("{e}");
@@ -404,9 +411,14 @@ impl Backlog {
         self.rows += batch.num_rows();
         self.batches.push_back((table, batch));
         while self.rows > self.max_rows {
-            let Some((table, old)) = self.batches.pop_front() else { break };
+            let Some((table, old)) = self.batches.pop_front() else {
+                break;
+            };
             self.rows -= old.num_rows();
-            tracing::warn!("the appliance is unreachable: dropped {} old rows of {table}", old.num_rows());
+            tracing::warn!(
+                "the appliance is unreachable: dropped {} old rows of {table}",
+                old.num_rows()
+            );
         }
     }
 }
@@ -414,7 +426,8 @@ impl Backlog {
 async fn connect(args: &NetmonArgs) -> Result<IngestClient, String> {
     let tls = match (&args.tls_ca, &args.tls_cert, &args.tls_key) {
         (Some(ca), Some(cert), Some(key)) => {
-            let read = |p: &PathBuf| std::fs::read(p).map_err(|e| format!("reading {}: {e}", p.display()));
+            let read =
+                |p: &PathBuf| std::fs::read(p).map_err(|e| format!("reading {}: {e}", p.display()));
             Some(ClientTls {
                 ca_pem: read(ca)?,
                 cert_pem: read(cert)?,
@@ -479,7 +492,11 @@ async fn send(
 }
 
 /// Turns the window's totals into batches: enrich, keep local pods' flows, add domains.
-fn take_window(shared: &Shared, node: &str, window: Duration) -> Result<Vec<(Table, RecordBatch)>, NetmonError> {
+fn take_window(
+    shared: &Shared,
+    node: &str,
+    window: Duration,
+) -> Result<Vec<(Table, RecordBatch)>, NetmonError> {
     let flows = shared.flows.lock().expect("flows lock").flush();
     let (dns_rows, domains_snapshot) = {
         let mut state = shared.dns.lock().expect("dns lock");
@@ -514,12 +531,18 @@ fn take_window(shared: &Shared, node: &str, window: Duration) -> Result<Vec<(Tab
             None => not_local += 1,
         }
     }
-    tracing::debug!("window: {} flows reported, {not_local} not from a local pod", rows.len());
+    tracing::debug!(
+        "window: {} flows reported, {not_local} not from a local pod",
+        rows.len()
+    );
     let end = now_ms();
     let window_seconds = window.as_secs_f64().round().max(1.0) as i64;
     let mut batches = Vec::new();
     if !rows.is_empty() {
-        batches.push((Table::NetworkFlows, output::flows_batch(&rows, node, end, window_seconds)?));
+        batches.push((
+            Table::NetworkFlows,
+            output::flows_batch(&rows, node, end, window_seconds)?,
+        ));
     }
     if !dns_rows.is_empty() {
         batches.push((Table::DnsLookups, output::dns_batch(&dns_rows, node)?));
@@ -532,8 +555,9 @@ pub async fn run(args: NetmonArgs) -> Result<(), NetmonError> {
     run_until(args, Sink::Appliance, async {
         #[cfg(unix)]
         {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("SIGTERM handler");
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
@@ -560,11 +584,17 @@ pub async fn run_until(
     let pods = if args.no_kubernetes {
         None
     } else {
-        let client = kube::Client::try_default()
-            .await
-            .map_err(|e| NetmonError::Kubernetes(format!("connecting to the API server: {e} (use --no-kubernetes outside a cluster)")))?;
+        let client = kube::Client::try_default().await.map_err(|e| {
+            NetmonError::Kubernetes(format!(
+                "connecting to the API server: {e} (use --no-kubernetes outside a cluster)"
+            ))
+        })?;
         let index = Arc::new(RwLock::new(PodIndex::default()));
-        tokio::spawn(pods::watch_local_pods(client, args.node.clone(), index.clone()));
+        tokio::spawn(pods::watch_local_pods(
+            client,
+            args.node.clone(),
+            index.clone(),
+        ));
         Some(index)
     };
     let idle = match args.mode {
@@ -667,7 +697,10 @@ pub async fn run_until(
             .spawn(move || conntrack_thread(shared2, netns, poll, tx))
             .map_err(|e| NetmonError::Conntrack(format!("starting a thread: {e}")))?;
         match rx.recv() {
-            Ok(Ok(())) => tracing::info!("counting flows from conntrack every {:?}", args.poll_interval),
+            Ok(Ok(())) => tracing::info!(
+                "counting flows from conntrack every {:?}",
+                args.poll_interval
+            ),
             Ok(Err(e)) => {
                 shared.stop.store(true, Ordering::Relaxed);
                 let _ = handle.join();
@@ -676,7 +709,11 @@ pub async fn run_until(
                 }
                 return Err(e);
             }
-            Err(_) => return Err(NetmonError::Conntrack("the conntrack thread ended early".into())),
+            Err(_) => {
+                return Err(NetmonError::Conntrack(
+                    "the conntrack thread ended early".into(),
+                ));
+            }
         }
         threads.push(handle);
     }
@@ -715,7 +752,10 @@ pub async fn run_until(
         send(&mut client, &args, &sink, &mut backlog).await;
         if stopping {
             if backlog.rows > 0 {
-                tracing::warn!("stopping with {} rows the appliance did not take", backlog.rows);
+                tracing::warn!(
+                    "stopping with {} rows the appliance did not take",
+                    backlog.rows
+                );
             }
             return Ok(());
         }
@@ -733,8 +773,16 @@ mod tests {
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
         assert!(parse_duration("0s").unwrap_err().contains("positive"));
-        assert!(parse_duration("5 parsecs").unwrap_err().contains("unknown unit"));
-        assert!(parse_duration("soon").unwrap_err().contains("not a duration"));
+        assert!(
+            parse_duration("5 parsecs")
+                .unwrap_err()
+                .contains("unknown unit")
+        );
+        assert!(
+            parse_duration("soon")
+                .unwrap_err()
+                .contains("not a duration")
+        );
     }
 
     #[test]
@@ -753,7 +801,12 @@ mod tests {
     #[test]
     fn dns_lookups_feed_the_domain_map_and_dedupe() {
         let shared = Shared {
-            flows: Mutex::new(FlowTable::new(Limits::new(10, 10, Duration::from_secs(1), Duration::from_secs(1)))),
+            flows: Mutex::new(FlowTable::new(Limits::new(
+                10,
+                10,
+                Duration::from_secs(1),
+                Duration::from_secs(1),
+            ))),
             dns: Mutex::new(DnsState {
                 domains: DomainMap::new(Duration::from_secs(120), 10),
                 rows: Vec::new(),
@@ -767,13 +820,26 @@ mod tests {
         };
         let client: IpAddr = "10.0.0.2".parse().unwrap();
         let answer: IpAddr = "198.51.100.1".parse().unwrap();
-        let message = dns::build::response(1, "api.example.com", 1, &[dns::build::Answer::Address("api.example.com", answer)], 60);
+        let message = dns::build::response(
+            1,
+            "api.example.com",
+            1,
+            &[dns::build::Answer::Address("api.example.com", answer)],
+            60,
+        );
         shared.record_dns(client, &message, 1000);
         shared.record_dns(client, &message, 2000);
         shared.record_dns(client, &message[..5], 3000);
         let state = shared.dns.lock().unwrap();
-        assert_eq!(state.rows.len(), 1, "the same lookup twice in a window counts once");
+        assert_eq!(
+            state.rows.len(),
+            1,
+            "the same lookup twice in a window counts once"
+        );
         assert_eq!(state.rejected, 1);
-        assert_eq!(state.domains.lookup(&answer, Instant::now()), Some("api.example.com"));
+        assert_eq!(
+            state.domains.lookup(&answer, Instant::now()),
+            Some("api.example.com")
+        );
     }
 }

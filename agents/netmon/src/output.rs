@@ -75,8 +75,14 @@ pub fn flows_batch(
             text(dst.iter().map(String::as_str)),
             int(rows.iter().map(|r| r.key.dst_port as i64)),
             text(proto.iter().map(String::as_str)),
-            text_opt(rows.iter().map(|r| r.src_pod.as_ref().map(|p| p.namespace.as_str()))),
-            text_opt(rows.iter().map(|r| r.src_pod.as_ref().map(|p| p.name.as_str()))),
+            text_opt(
+                rows.iter()
+                    .map(|r| r.src_pod.as_ref().map(|p| p.namespace.as_str())),
+            ),
+            text_opt(
+                rows.iter()
+                    .map(|r| r.src_pod.as_ref().map(|p| p.name.as_str())),
+            ),
             text_opt(rows.iter().map(|r| r.dst_domain.as_deref())),
             int(rows.iter().map(|r| clamp(r.counters.tx_bytes))),
             int(rows.iter().map(|r| clamp(r.counters.rx_bytes))),
@@ -110,13 +116,21 @@ pub fn dns_batch(rows: &[DnsRow], node: &str) -> Result<RecordBatch, ArrowError>
             time_column(rows.iter().map(|r| r.time_ms)),
             text(std::iter::repeat_n(node, n)),
             text(client.iter().map(String::as_str)),
-            text_opt(rows.iter().map(|r| r.client_pod.as_ref().map(|p| p.namespace.as_str()))),
-            text_opt(rows.iter().map(|r| r.client_pod.as_ref().map(|p| p.name.as_str()))),
+            text_opt(
+                rows.iter()
+                    .map(|r| r.client_pod.as_ref().map(|p| p.namespace.as_str())),
+            ),
+            text_opt(
+                rows.iter()
+                    .map(|r| r.client_pod.as_ref().map(|p| p.name.as_str())),
+            ),
             text(rows.iter().map(|r| r.query_name.as_str())),
             text(rows.iter().map(|r| r.query_type.as_str())),
             text(answers.iter().map(String::as_str)),
             text_opt(chains.iter().map(Option::as_deref)),
-            Arc::new(Int64Array::from_iter(rows.iter().map(|r| Some(r.ttl_seconds as i64)))),
+            Arc::new(Int64Array::from_iter(
+                rows.iter().map(|r| Some(r.ttl_seconds as i64)),
+            )),
         ],
     )
 }

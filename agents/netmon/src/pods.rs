@@ -121,10 +121,7 @@ impl PodIndex {
 }
 
 fn pod_id(pod: &Pod) -> Option<(String, String)> {
-    Some((
-        pod.metadata.namespace.clone()?,
-        pod.metadata.name.clone()?,
-    ))
+    Some((pod.metadata.namespace.clone()?, pod.metadata.name.clone()?))
 }
 
 /// Every address of the pod: `status.podIPs` (dual stack), or `status.podIP`.
@@ -181,11 +178,7 @@ mod tests {
             status: Some(PodStatus {
                 phase: Some(phase.into()),
                 pod_ip: ips.first().map(|s| s.to_string()),
-                pod_ips: Some(
-                    ips.iter()
-                        .map(|ip| PodIP { ip: ip.to_string() })
-                        .collect(),
-                ),
+                pod_ips: Some(ips.iter().map(|ip| PodIP { ip: ip.to_string() }).collect()),
                 ..Default::default()
             }),
         }
@@ -200,7 +193,13 @@ mod tests {
     #[test]
     fn dual_stack_pods_own_both_addresses() {
         let mut index = PodIndex::default();
-        index.apply(&pod("shop", "web-1", &["10.1.0.5", "fd00::5"], false, "Running"));
+        index.apply(&pod(
+            "shop",
+            "web-1",
+            &["10.1.0.5", "fd00::5"],
+            false,
+            "Running",
+        ));
         assert_eq!(owner(&index, "10.1.0.5").as_deref(), Some("shop/web-1"));
         assert_eq!(owner(&index, "fd00::5").as_deref(), Some("shop/web-1"));
         assert_eq!(owner(&index, "10.1.0.6"), None);
@@ -240,7 +239,11 @@ mod tests {
             false,
             "Running",
         )));
-        assert_eq!(owner(&index, "10.1.0.1").as_deref(), Some("shop/gone"), "until done");
+        assert_eq!(
+            owner(&index, "10.1.0.1").as_deref(),
+            Some("shop/gone"),
+            "until done"
+        );
         index.handle(watcher::Event::InitDone);
         assert_eq!(owner(&index, "10.1.0.1"), None);
         assert_eq!(owner(&index, "10.1.0.2").as_deref(), Some("shop/kept"));

@@ -81,7 +81,10 @@ impl Lab {
     }
 
     /// Runs `f` on a thread inside namespace `name`.
-    fn run_in<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
+    fn run_in<T: Send + 'static>(
+        name: &str,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
         let path = Lab::path(name);
         std::thread::spawn(move || {
             ct::enter_netns(&path).unwrap();
@@ -92,10 +95,17 @@ impl Lab {
     /// `conntrack -L` of the client namespace, summed per flow as the agent keys it:
     /// (source, reply source, reply source port, protocol) → [tx bytes, tx packets, rx bytes, rx packets].
     fn conntrack_list(&self) -> BTreeMap<(String, String, i64, String), [i64; 4]> {
-        let text = sh(&format!("ip netns exec {} conntrack -L -o extended 2>/dev/null", self.a));
+        let text = sh(&format!(
+            "ip netns exec {} conntrack -L -o extended 2>/dev/null",
+            self.a
+        ));
         let mut flows = BTreeMap::new();
         for line in text.lines() {
-            let proto = line.split_whitespace().nth(2).unwrap_or_default().to_string();
+            let proto = line
+                .split_whitespace()
+                .nth(2)
+                .unwrap_or_default()
+                .to_string();
             let mut fields: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
             for token in line.split_whitespace() {
                 if let Some((k, v)) = token.split_once('=') {
@@ -162,7 +172,9 @@ fn udp_echo(ns: &str, addr: SocketAddr, count: usize, reply: usize) -> std::thre
     let (ready, wait) = mpsc::channel();
     let handle = Lab::run_in(ns, move || {
         let socket = UdpSocket::bind(addr).unwrap();
-        socket.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
         ready.send(()).unwrap();
         let mut buf = [0u8; 2048];
         for _ in 0..count {
@@ -176,7 +188,9 @@ fn udp_echo(ns: &str, addr: SocketAddr, count: usize, reply: usize) -> std::thre
 
 /// Sends `count` datagrams of `size` bytes from one socket in `ns` and waits for each answer.
 fn udp_client(socket: &UdpSocket, to: SocketAddr, count: usize, size: usize) {
-    socket.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     let mut buf = [0u8; 2048];
     for _ in 0..count {
         socket.send_to(&vec![b'u'; size], to).unwrap();
@@ -213,9 +227,13 @@ fn run_agent(args: NetmonArgs, work: impl FnOnce()) -> Vec<(Table, RecordBatch)>
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let agent = runtime.spawn(tally_netmon::run_until(args, Sink::Channel(tx), async move {
-        let _ = stopped.await;
-    }));
+    let agent = runtime.spawn(tally_netmon::run_until(
+        args,
+        Sink::Channel(tx),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
     // Let the first poll record its baseline before the traffic starts.
     std::thread::sleep(Duration::from_millis(1500));
     if agent.is_finished() {
@@ -234,15 +252,27 @@ fn run_agent(args: NetmonArgs, work: impl FnOnce()) -> Vec<(Table, RecordBatch)>
 }
 
 fn strings<'a>(batch: &'a RecordBatch, name: &str) -> &'a StringArray {
-    batch.column_by_name(name).unwrap().as_any().downcast_ref().unwrap()
+    batch
+        .column_by_name(name)
+        .unwrap()
+        .as_any()
+        .downcast_ref()
+        .unwrap()
 }
 
 fn ints<'a>(batch: &'a RecordBatch, name: &str) -> &'a Int64Array {
-    batch.column_by_name(name).unwrap().as_any().downcast_ref().unwrap()
+    batch
+        .column_by_name(name)
+        .unwrap()
+        .as_any()
+        .downcast_ref()
+        .unwrap()
 }
 
 /// The agent's `network_flows` rows summed per flow, keyed like [`Lab::conntrack_list`].
-fn agent_flows(batches: &[(Table, RecordBatch)]) -> BTreeMap<(String, String, i64, String), [i64; 4]> {
+fn agent_flows(
+    batches: &[(Table, RecordBatch)],
+) -> BTreeMap<(String, String, i64, String), [i64; 4]> {
     let mut flows = BTreeMap::new();
     for (table, batch) in batches {
         if *table != Table::NetworkFlows {
@@ -256,7 +286,10 @@ fn agent_flows(batches: &[(Table, RecordBatch)]) -> BTreeMap<(String, String, i6
                 strings(batch, "protocol").value(row).to_string(),
             );
             let entry = flows.entry(key).or_insert([0; 4]);
-            for (i, column) in ["tx_bytes", "tx_packets", "rx_bytes", "rx_packets"].iter().enumerate() {
+            for (i, column) in ["tx_bytes", "tx_packets", "rx_bytes", "rx_packets"]
+                .iter()
+                .enumerate()
+            {
                 entry[i] += ints(batch, column).value(row);
             }
         }
@@ -295,9 +328,19 @@ fn conntrack_mode_counts_what_conntrack_lists() {
     assert_eq!(counted, listed, "agent (left) vs conntrack -L (right)");
     // And the numbers are the traffic sent: 12 UDP datagrams of 900 bytes over IPv6 (40 + 8
     // bytes of headers) and their 300-byte answers.
-    let udp = counted[&("fd77::1".to_string(), "fd77::2".to_string(), 9001, "udp".to_string())];
+    let udp = counted[&(
+        "fd77::1".to_string(),
+        "fd77::2".to_string(),
+        9001,
+        "udp".to_string(),
+    )];
     assert_eq!(udp, [12 * 948, 12, 12 * 348, 12]);
-    let tcp = counted[&("10.77.0.1".to_string(), "10.77.0.2".to_string(), 9000, "tcp".to_string())];
+    let tcp = counted[&(
+        "10.77.0.1".to_string(),
+        "10.77.0.2".to_string(),
+        9000,
+        "tcp".to_string(),
+    )];
     assert!(tcp[0] > 200_000 && tcp[2] > 50_000, "{tcp:?}");
     assert!(batches.iter().all(|(t, _)| *t == Table::NetworkFlows));
 }
@@ -356,17 +399,28 @@ fn deltas_are_right_across_flushes_and_a_counter_reset() {
     assert_eq!(first, vec![[5 * 128, 5, 5 * 78, 5]], "first window");
     send(3);
     let (_, second) = flush();
-    assert_eq!(second, vec![[3 * 128, 3, 3 * 78, 3]], "second window: only the new traffic");
+    assert_eq!(
+        second,
+        vec![[3 * 128, 3, 3 * 78, 3]],
+        "second window: only the new traffic"
+    );
     let (_, quiet) = flush();
     assert!(quiet.is_empty(), "nothing moved");
 
     // Zero the counters (`conntrack -L -z`), then 2 more: the reading went back, so it is a
     // reset and the whole reading is new traffic.
-    sh(&format!("ip netns exec {} conntrack -L -z >/dev/null 2>&1", lab.a));
+    sh(&format!(
+        "ip netns exec {} conntrack -L -z >/dev/null 2>&1",
+        lab.a
+    ));
     send(2);
     let (stats, after_reset) = flush();
     assert_eq!(stats.resets, 1);
-    assert_eq!(after_reset, vec![[2 * 128, 2, 2 * 78, 2]], "after the reset");
+    assert_eq!(
+        after_reset,
+        vec![[2 * 128, 2, 2 * 78, 2]],
+        "after the reset"
+    );
 
     // Delete the entry: the same tuple comes back as a new connection with a new id.
     sh(&format!(
@@ -377,8 +431,16 @@ fn deltas_are_right_across_flushes_and_a_counter_reset() {
     let (stats, new_entry) = flush();
     // The kernel's entry id hashes the entry's address, which the new entry may reuse: then
     // it is the same entry whose counters went back (a reset), else the old one is forgotten.
-    assert_eq!(stats.expired + stats.resets, 1, "the deleted entry is forgotten or reset");
-    assert_eq!(new_entry, vec![[4 * 128, 4, 4 * 78, 4]], "a new entry of the same flow");
+    assert_eq!(
+        stats.expired + stats.resets,
+        1,
+        "the deleted entry is forgotten or reset"
+    );
+    assert_eq!(
+        new_entry,
+        vec![[4 * 128, 4, 4 * 78, 4]],
+        "a new entry of the same flow"
+    );
 
     drop(step_tx);
     drop(poll_tx);
@@ -437,7 +499,10 @@ fn ebpf_mode_counts_a_known_transfer_and_traces_dns() {
         count_flows: true,
         trace_dns: true,
     };
-    drop(tally_netmon::bpf::BpfPrograms::attach(&cgroup.0, features).expect("eBPF programs load and attach"));
+    drop(
+        tally_netmon::bpf::BpfPrograms::attach(&cgroup.0, features)
+            .expect("eBPF programs load and attach"),
+    );
     let mut args = args(Mode::Ebpf);
     args.cgroup = Some(cgroup.0.clone());
     args.no_dns = false;
@@ -456,7 +521,9 @@ fn ebpf_mode_counts_a_known_transfer_and_traces_dns() {
     let batches = run_agent(args, move || {
         let dns = Lab::run_in(&b, move || {
             let socket = UdpSocket::bind("10.77.0.2:53").unwrap();
-            socket.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            socket
+                .set_read_timeout(Some(Duration::from_secs(20)))
+                .unwrap();
             let mut buf = [0u8; 512];
             let (_, from) = socket.recv_from(&mut buf).unwrap();
             socket.send_to(&answer, from).unwrap();
@@ -479,13 +546,29 @@ fn ebpf_mode_counts_a_known_transfer_and_traces_dns() {
         v6.join().unwrap();
     });
     let flows = agent_flows(&batches);
-    let key = |src: &str, dst: &str, port: i64| (src.to_string(), dst.to_string(), port, "udp".to_string());
+    let key = |src: &str, dst: &str, port: i64| {
+        (src.to_string(), dst.to_string(), port, "udp".to_string())
+    };
     // Exactly the datagrams sent, with their IP and UDP headers (IPv4 28 bytes, IPv6 48).
-    let get = |k| flows.get(&k).copied().unwrap_or_else(|| panic!("no flow {k:?} in {flows:?}"));
-    assert_eq!(get(key("10.77.0.1", "10.77.0.2", 9001)), [10 * 1028, 10, 10 * 528, 10]);
-    assert_eq!(get(key("fd77::1", "fd77::2", 9002)), [7 * 348, 7, 7 * 248, 7]);
+    let get = |k| {
+        flows
+            .get(&k)
+            .copied()
+            .unwrap_or_else(|| panic!("no flow {k:?} in {flows:?}"))
+    };
+    assert_eq!(
+        get(key("10.77.0.1", "10.77.0.2", 9001)),
+        [10 * 1028, 10, 10 * 528, 10]
+    );
+    assert_eq!(
+        get(key("fd77::1", "fd77::2", 9002)),
+        [7 * 348, 7, 7 * 248, 7]
+    );
     // The DNS exchange: a 32-byte query and the crafted answer.
-    assert_eq!(get(key("10.77.0.1", "10.77.0.2", 53)), [32 + 28, 1, answer_len + 28, 1]);
+    assert_eq!(
+        get(key("10.77.0.1", "10.77.0.2", 53)),
+        [32 + 28, 1, answer_len + 28, 1]
+    );
     assert_eq!(flows.len(), 3, "only the cgroup's traffic: {flows:?}");
 
     let (_, lookups) = batches
