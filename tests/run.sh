@@ -22,7 +22,7 @@ fi
 
 if [ -z "${TALLY_SKIP_INSTALL:-}" ]; then
   step "installing test dependencies"
-  debs=(python3 python3-venv ca-certificates)
+  debs=(python3 python3-venv ca-certificates clang-19 libbpf-dev bpftool conntrack nftables iproute2)
   missing=()
   for pkg in "${debs[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -58,7 +58,7 @@ step "cargo test"
 cargo test --workspace --quiet -- --test-threads=2
 
 step "benchmarks at a tiny size (so they cannot rot; real numbers: benchmarks/RESULTS.md)"
-cargo build --quiet -p tally-benchmarks
+cargo build --quiet -p tally-benchmarks -p tally-agent
 "$CARGO_TARGET_DIR/debug/tally-bench" --results "$CARGO_TARGET_DIR/bench-tiny.md" all --tiny >/dev/null
 
 step "the real Kubernetes test cluster (etcd, kube-apiserver, controllers, scheduler, kubelet nodes)"

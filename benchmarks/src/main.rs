@@ -11,6 +11,7 @@
 //! ```
 
 mod machine;
+mod netmon;
 mod report;
 
 use std::io::{BufRead, BufReader};
@@ -73,6 +74,21 @@ enum Bench {
         #[arg(long, default_value_t = true)]
         raw: bool,
     },
+    /// The node network agent's peak RSS and CPU with a large conntrack table (needs root).
+    Netmon {
+        /// Conntrack entries created in the benchmark's network namespace.
+        #[arg(long, default_value_t = 100_000)]
+        entries: usize,
+        /// How long the agent runs while measured, in seconds.
+        #[arg(long, default_value_t = 120)]
+        seconds: u64,
+        /// The agent's --poll-interval.
+        #[arg(long, default_value = "5s")]
+        poll: String,
+        /// The agent's --flush-interval.
+        #[arg(long, default_value = "60s")]
+        flush: String,
+    },
     /// All of the above at a small size (`--tiny`: a few seconds, for the test suite).
     All {
         #[arg(long)]
@@ -100,6 +116,12 @@ fn main() {
                 vec![storage(containers, days, step_seconds * 1000, &data_dir).await]
             }
             Bench::Query { data_dir, raw } => vec![query(&data_dir, raw).await],
+            Bench::Netmon {
+                entries,
+                seconds,
+                poll,
+                flush,
+            } => vec![netmon::netmon(entries, seconds, &poll, &flush)],
             Bench::All { tiny } => {
                 let dir = std::env::temp_dir().join(format!("tally-bench-{}", std::process::id()));
                 let (rows, containers, days) = if tiny {
@@ -111,6 +133,7 @@ fn main() {
                     ingest(rows, 4_096, 2).await,
                     storage(containers, days, 30_000, &dir).await,
                     query(&dir, true).await,
+                    netmon::netmon(if tiny { 2_000 } else { 20_000 }, if tiny { 4 } else { 30 }, "1s", "2s"),
                 ];
                 let _ = std::fs::remove_dir_all(&dir);
                 out
