@@ -17,7 +17,9 @@ teardown() {
     local keep="${TALLY_SMOKE_LOGS:-/tmp/tally-smoke-logs}"
     rm -rf "$keep"; cp -r "${TALLY_CLUSTER_DIR}/logs" "$keep" 2>/dev/null && log "component logs copied to $keep"
   fi
-  if [[ "${TALLY_KEEP:-0}" != 1 ]]; then
+  if [[ "${TALLY_SMOKE_REUSE:-0}" == 1 ]]; then
+    log "TALLY_SMOKE_REUSE=1: the cluster stays up for whoever started it"
+  elif [[ "${TALLY_KEEP:-0}" != 1 ]]; then
     bash "${HERE}/down.sh" || rc=1
   else
     log "TALLY_KEEP=1: cluster left up in ${TALLY_CLUSTER_DIR}"
@@ -35,8 +37,14 @@ pass() { PASSED=$((PASSED + 1)); log "PASS: $*"; }
 fail() { FAILED=$((FAILED + 1)); log "FAIL: $*"; exit 1; }
 
 t0=$(date +%s)
-bash "${HERE}/up.sh" || fail "the cluster did not come up (see the error above)"
-pass "cluster up in $(( $(date +%s) - t0 ))s (API server healthy, every real node Ready)"
+if [[ "${TALLY_SMOKE_REUSE:-0}" == 1 ]]; then
+  # The checks against a cluster that is already up (tests/run.sh brings it up once).
+  [[ -e "${TALLY_CLUSTER_DIR}/env" ]] || fail "TALLY_SMOKE_REUSE=1 but no cluster is up (${TALLY_CLUSTER_DIR}/env missing)"
+  pass "reusing the cluster that is up in ${TALLY_CLUSTER_DIR}"
+else
+  bash "${HERE}/up.sh" || fail "the cluster did not come up (see the error above)"
+  pass "cluster up in $(( $(date +%s) - t0 ))s (API server healthy, every real node Ready)"
+fi
 
 # shellcheck disable=SC1091
 source "${TALLY_CLUSTER_DIR}/env"

@@ -682,13 +682,12 @@ async fn batches_wait_while_the_appliance_is_down_and_beyond_the_bound_the_oldes
                 .kubectl(&["get", "nodes", "-o", "jsonpath={.items[0].metadata.name}"])
                 .unwrap()
         });
-    let times =
-        async |server: &Server| -> Vec<i64> {
-            let found = rows(server, &format!(
+    let times = async |server: &Server| -> Vec<i64> {
+        let found = rows(server, &format!(
             "SELECT CAST(time AS BIGINT) AS t FROM node_usage WHERE node = '{node}' ORDER BY time"
         )).await;
-            found.iter().map(|r| r[0].as_i64().unwrap()).collect()
-        };
+        found.iter().map(|r| r[0].as_i64().unwrap()).collect()
+    };
     // Times are in milliseconds here only because the cast of a millisecond timestamp is.
     let max_gap = |t: &[i64]| t.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
 

@@ -107,7 +107,13 @@ mod tests {
                     DCGM_FI_DEV_GPU_UTIL{gpu=\"1\",container=\"c\",namespace=\"n\",pod=\"p\"} 50\n\
                     DCGM_FI_DEV_FB_USED{gpu=\"1\",container=\"c\",namespace=\"n\",pod=\"p\"} 1\n";
         let usage = parse(page)[&("n".into(), "p".into(), "c".into())];
-        assert_eq!(usage, GpuUsage { utilization: 1.0, memory_bytes: 1 << 20 });
+        assert_eq!(
+            usage,
+            GpuUsage {
+                utilization: 1.0,
+                memory_bytes: 1 << 20
+            }
+        );
     }
 
     #[tokio::test]
@@ -116,7 +122,12 @@ mod tests {
         let http = reqwest::Client::new();
         let gpus = fetch(&http, &format!("file://{path}")).await.unwrap();
         assert_eq!(gpus.len(), 1);
-        let err = fetch(&http, "file:///nonexistent/dcgm.prom").await.unwrap_err();
-        assert!(err.starts_with("cannot read /nonexistent/dcgm.prom"), "{err}");
+        let err = fetch(&http, "file:///nonexistent/dcgm.prom")
+            .await
+            .unwrap_err();
+        assert!(
+            err.starts_with("cannot read /nonexistent/dcgm.prom"),
+            "{err}"
+        );
     }
 }

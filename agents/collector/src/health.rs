@@ -40,7 +40,12 @@ impl Metrics {
 
     /// Rows of a table acknowledged so far.
     pub fn rows_sent(&self, table: &str) -> u64 {
-        self.rows_sent.lock().unwrap().get(table).copied().unwrap_or(0)
+        self.rows_sent
+            .lock()
+            .unwrap()
+            .get(table)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// A watch of `kind` failed (it is retried with backoff).
@@ -85,38 +90,116 @@ impl Metrics {
         let head = |out: &mut String, name: &str, kind: &str, help: &str| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         };
-        head(&mut out, "tally_collector_rows_sent_total", "counter", "Rows the appliance acknowledged, per table.");
+        head(
+            &mut out,
+            "tally_collector_rows_sent_total",
+            "counter",
+            "Rows the appliance acknowledged, per table.",
+        );
         for (table, rows) in self.rows_sent.lock().unwrap().iter() {
-            let _ = writeln!(out, "tally_collector_rows_sent_total{{table=\"{table}\"}} {rows}");
+            let _ = writeln!(
+                out,
+                "tally_collector_rows_sent_total{{table=\"{table}\"}} {rows}"
+            );
         }
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed) as i64;
         let simple = [
-            ("tally_collector_rows_dropped_total", "counter", "Rows dropped because the buffer was full (oldest first).", load(&self.rows_dropped)),
-            ("tally_collector_batches_dropped_total", "counter", "Batches dropped because the buffer was full.", load(&self.batches_dropped)),
-            ("tally_collector_buffer_bytes", "gauge", "Bytes of batches waiting for the appliance.", load(&self.buffer_bytes)),
-            ("tally_collector_buffer_batches", "gauge", "Batches waiting for the appliance.", load(&self.buffer_batches)),
-            ("tally_collector_send_errors_total", "counter", "Failed writes to the appliance (retried).", load(&self.send_errors)),
-            ("tally_collector_bootstrap_errors_total", "counter", "Failed certificate requests.", load(&self.bootstrap_errors)),
-            ("tally_collector_certificate_expiry_seconds", "gauge", "Unix time the client certificate expires (0: none).", self.certificate_expiry_ms.load(Ordering::Relaxed) / 1000),
-            ("tally_collector_scrapes_total", "counter", "Scrape rounds over all nodes.", load(&self.scrapes)),
+            (
+                "tally_collector_rows_dropped_total",
+                "counter",
+                "Rows dropped because the buffer was full (oldest first).",
+                load(&self.rows_dropped),
+            ),
+            (
+                "tally_collector_batches_dropped_total",
+                "counter",
+                "Batches dropped because the buffer was full.",
+                load(&self.batches_dropped),
+            ),
+            (
+                "tally_collector_buffer_bytes",
+                "gauge",
+                "Bytes of batches waiting for the appliance.",
+                load(&self.buffer_bytes),
+            ),
+            (
+                "tally_collector_buffer_batches",
+                "gauge",
+                "Batches waiting for the appliance.",
+                load(&self.buffer_batches),
+            ),
+            (
+                "tally_collector_send_errors_total",
+                "counter",
+                "Failed writes to the appliance (retried).",
+                load(&self.send_errors),
+            ),
+            (
+                "tally_collector_bootstrap_errors_total",
+                "counter",
+                "Failed certificate requests.",
+                load(&self.bootstrap_errors),
+            ),
+            (
+                "tally_collector_certificate_expiry_seconds",
+                "gauge",
+                "Unix time the client certificate expires (0: none).",
+                self.certificate_expiry_ms.load(Ordering::Relaxed) / 1000,
+            ),
+            (
+                "tally_collector_scrapes_total",
+                "counter",
+                "Scrape rounds over all nodes.",
+                load(&self.scrapes),
+            ),
         ];
         for (name, kind, help, value) in simple {
             head(&mut out, name, kind, help);
             let _ = writeln!(out, "{name} {value}");
         }
-        head(&mut out, "tally_collector_watch_errors_total", "counter", "Watch failures per kind (retried with backoff).");
+        head(
+            &mut out,
+            "tally_collector_watch_errors_total",
+            "counter",
+            "Watch failures per kind (retried with backoff).",
+        );
         for (kind, count) in self.watch_errors.lock().unwrap().iter() {
-            let _ = writeln!(out, "tally_collector_watch_errors_total{{kind=\"{kind}\"}} {count}");
+            let _ = writeln!(
+                out,
+                "tally_collector_watch_errors_total{{kind=\"{kind}\"}} {count}"
+            );
         }
-        head(&mut out, "tally_collector_scrape_errors_total", "counter", "Nodes that could not be scraped, per node and reason.");
+        head(
+            &mut out,
+            "tally_collector_scrape_errors_total",
+            "counter",
+            "Nodes that could not be scraped, per node and reason.",
+        );
         for ((node, reason), count) in self.scrape_errors.lock().unwrap().iter() {
-            let _ = writeln!(out, "tally_collector_scrape_errors_total{{node=\"{node}\",reason=\"{reason}\"}} {count}");
+            let _ = writeln!(
+                out,
+                "tally_collector_scrape_errors_total{{node=\"{node}\",reason=\"{reason}\"}} {count}"
+            );
         }
-        head(&mut out, "tally_collector_informer_synced", "gauge", "Whether an informer has listed everything once.");
+        head(
+            &mut out,
+            "tally_collector_informer_synced",
+            "gauge",
+            "Whether an informer has listed everything once.",
+        );
         for (kind, synced) in self.synced.lock().unwrap().iter() {
-            let _ = writeln!(out, "tally_collector_informer_synced{{kind=\"{kind}\"}} {}", u8::from(*synced));
+            let _ = writeln!(
+                out,
+                "tally_collector_informer_synced{{kind=\"{kind}\"}} {}",
+                u8::from(*synced)
+            );
         }
-        head(&mut out, "tally_collector_objects", "gauge", "Objects held by the informers, per kind.");
+        head(
+            &mut out,
+            "tally_collector_objects",
+            "gauge",
+            "Objects held by the informers, per kind.",
+        );
         for (kind, count) in self.objects.lock().unwrap().iter() {
             let _ = writeln!(out, "tally_collector_objects{{kind=\"{kind}\"}} {count}");
         }
@@ -137,7 +220,10 @@ async fn readyz(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
     if metrics.ready() {
         (StatusCode::OK, "ok")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "informers are still listing")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "informers are still listing",
+        )
     }
 }
 
@@ -165,9 +251,23 @@ mod tests {
         assert!(m.ready());
         let text = m.render();
         assert!(text.contains("# TYPE tally_collector_rows_sent_total counter\ntally_collector_rows_sent_total{table=\"pods\"} 5\n"), "{text}");
-        assert!(text.contains("tally_collector_watch_errors_total{kind=\"Pod\"} 1"), "{text}");
-        assert!(text.contains("tally_collector_scrape_errors_total{node=\"fake-node-a\",reason=\"not_ready\"} 1"), "{text}");
-        assert!(text.contains("tally_collector_rows_dropped_total 0"), "{text}");
-        assert!(text.contains("tally_collector_informer_synced{kind=\"Pod\"} 1"), "{text}");
+        assert!(
+            text.contains("tally_collector_watch_errors_total{kind=\"Pod\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "tally_collector_scrape_errors_total{node=\"fake-node-a\",reason=\"not_ready\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("tally_collector_rows_dropped_total 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tally_collector_informer_synced{kind=\"Pod\"} 1"),
+            "{text}"
+        );
     }
 }

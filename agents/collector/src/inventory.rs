@@ -264,7 +264,9 @@ pub fn effective_requests(pod: &Pod) -> (Option<f64>, Option<i64>) {
             .init_containers
             .iter()
             .filter_map(|c| objects::cores(&c.resources.requests, resource))
-            .fold(None, |max: Option<f64>, v| Some(max.map_or(v, |m| m.max(v))))
+            .fold(None, |max: Option<f64>, v| {
+                Some(max.map_or(v, |m| m.max(v)))
+            })
     };
     let effective = |resource: &str| {
         let value = match (sum(resource), init_max(resource)) {
@@ -288,16 +290,19 @@ fn scheduling_json(pod: &Pod) -> String {
         .spec
         .tolerations
         .iter()
-        .map(|t| {
-            json!({"key": t.key, "operator": t.operator, "value": t.value, "effect": t.effect})
-        })
+        .map(
+            |t| json!({"key": t.key, "operator": t.operator, "value": t.value, "effect": t.effect}),
+        )
         .collect();
     let required = pod
         .spec
         .affinity
         .as_ref()
         .and_then(|a| a.node_affinity.as_ref())
-        .and_then(|n| n.required_during_scheduling_ignored_during_execution.as_ref())
+        .and_then(|n| {
+            n.required_during_scheduling_ignored_during_execution
+                .as_ref()
+        })
         .map(|s| serde_json::to_value(&s.node_selector_terms).expect("terms"))
         .unwrap_or_else(|| json!([]));
     let local_storage = pod
@@ -351,7 +356,10 @@ fn capacity_type(labels: &BTreeMap<String, String>) -> Option<String> {
         return normalise(v);
     }
     if labels.get("cloud.google.com/gke-spot").map(String::as_str) == Some("true")
-        || labels.get("cloud.google.com/gke-preemptible").map(String::as_str) == Some("true")
+        || labels
+            .get("cloud.google.com/gke-preemptible")
+            .map(String::as_str)
+            == Some("true")
     {
         return Some("spot".into());
     }
@@ -505,7 +513,10 @@ impl Inventory {
                 continue;
             };
             let row = self.pod_row(pod, now_ms);
-            let print = fingerprint(&PodRow { time_ms: 0, ..row.clone() });
+            let print = fingerprint(&PodRow {
+                time_ms: 0,
+                ..row.clone()
+            });
             if self.pod_fingerprints.insert(key, print) != Some(print) {
                 self.out.pods.push(row);
             }
@@ -553,7 +564,11 @@ impl Inventory {
         };
         let parent = match owner.kind.as_str() {
             "ReplicaSet" | "Job" => {
-                let kind = if owner.kind == "Job" { "Job" } else { "ReplicaSet" };
+                let kind = if owner.kind == "Job" {
+                    "Job"
+                } else {
+                    "ReplicaSet"
+                };
                 self.workloads
                     .get(&(kind, (namespace.clone(), owner.name.clone())))
                     .and_then(|w| controller(&w.metadata.owner_references))
@@ -581,11 +596,7 @@ impl Inventory {
             namespace,
             name,
             node: pod.spec.node_name.clone().unwrap_or_default(),
-            phase: pod
-                .status
-                .phase
-                .clone()
-                .unwrap_or_else(|| "Unknown".into()),
+            phase: pod.status.phase.clone().unwrap_or_else(|| "Unknown".into()),
             workload_kind,
             workload_name,
             qos_class: pod.status.qos_class.clone(),
@@ -904,11 +915,18 @@ mod tests {
         // Before the ReplicaSet is known, the pod-template-hash names the Deployment.
         inv.upsert(Object::Pod(web_pod(0, serde_json::json!({}))), 1);
         let rows = inv.take_rows(1);
-        assert_eq!((rows.pods[0].workload_kind.as_str(), rows.pods[0].workload_name.as_str()), ("Deployment", "web"));
+        assert_eq!(
+            (
+                rows.pods[0].workload_kind.as_str(),
+                rows.pods[0].workload_name.as_str()
+            ),
+            ("Deployment", "web")
+        );
         // Effective requests: max(sum of containers, largest init container).
         assert_eq!(rows.pods[0].cpu_request_cores, Some(1.0));
         assert_eq!(rows.pods[0].memory_request_bytes, Some(64 << 20));
-        let scheduling: serde_json::Value = serde_json::from_str(rows.pods[0].scheduling.as_deref().unwrap()).unwrap();
+        let scheduling: serde_json::Value =
+            serde_json::from_str(rows.pods[0].scheduling.as_deref().unwrap()).unwrap();
         assert_eq!(scheduling["local_storage"], true);
         assert_eq!(scheduling["tolerations"][0]["key"], "spot");
 
@@ -918,19 +936,34 @@ mod tests {
             "spec": {"replicas": 2, "template": {"spec": {"containers": [{"name": "app"}]}}}
         }))), 2);
         let rows = inv.take_rows(2);
-        assert!(rows.pods.is_empty(), "nothing changed for the pod: {:?}", rows.pods);
-        assert!(rows.workloads.is_empty(), "an owned ReplicaSet is not a top-level workload");
+        assert!(
+            rows.pods.is_empty(),
+            "nothing changed for the pod: {:?}",
+            rows.pods
+        );
+        assert!(
+            rows.workloads.is_empty(),
+            "an owned ReplicaSet is not a top-level workload"
+        );
 
         // A Job owned by a CronJob resolves to the CronJob.
         inv.upsert(Object::Workload("Job", workload(serde_json::json!({
             "metadata": {"name": "nightly-123", "namespace": "shop",
                          "ownerReferences": [{"apiVersion": "batch/v1beta1", "kind": "CronJob", "name": "nightly", "uid": "c", "controller": true}]}
         }))), 3);
-        let job_pod = pod(serde_json::json!({"metadata": {"name": "nightly-123-abc", "namespace": "shop",
-            "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": "nightly-123", "uid": "j", "controller": true}]}}));
-        assert_eq!(inv.owner_of(&job_pod), ("CronJob".to_string(), "nightly".to_string()));
+        let job_pod = pod(
+            serde_json::json!({"metadata": {"name": "nightly-123-abc", "namespace": "shop",
+            "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": "nightly-123", "uid": "j", "controller": true}]}}),
+        );
+        assert_eq!(
+            inv.owner_of(&job_pod),
+            ("CronJob".to_string(), "nightly".to_string())
+        );
         let bare = pod(serde_json::json!({"metadata": {"name": "debug", "namespace": "shop"}}));
-        assert_eq!(inv.owner_of(&bare), ("Pod".to_string(), "debug".to_string()));
+        assert_eq!(
+            inv.owner_of(&bare),
+            ("Pod".to_string(), "debug".to_string())
+        );
     }
 
     #[test]
@@ -958,20 +991,33 @@ mod tests {
     fn workload_rows_are_written_when_the_spec_changes_and_when_deleted() {
         let mut inv = Inventory::default();
         let deployment = |replicas: i32, cpu: &str| {
-            Object::Workload("Deployment", workload(serde_json::json!({
-                "metadata": {"name": "web", "namespace": "shop", "labels": {"team": "a"}},
-                "spec": {"replicas": replicas, "template": {"spec": {"containers": [
-                    {"name": "app", "env": [{"name": "SECRET", "value": "x"}],
-                     "resources": {"requests": {"cpu": cpu}, "limits": {"cpu": "1", "memory": "1Gi"}}}]}}},
-                "status": {"readyReplicas": 1}
-            })))
+            Object::Workload(
+                "Deployment",
+                workload(serde_json::json!({
+                    "metadata": {"name": "web", "namespace": "shop", "labels": {"team": "a"}},
+                    "spec": {"replicas": replicas, "template": {"spec": {"containers": [
+                        {"name": "app", "env": [{"name": "SECRET", "value": "x"}],
+                         "resources": {"requests": {"cpu": cpu}, "limits": {"cpu": "1", "memory": "1Gi"}}}]}}},
+                    "status": {"readyReplicas": 1}
+                })),
+            )
         };
         inv.upsert(deployment(1, "100m"), 1);
         let rows = inv.take_rows(1).workloads;
         assert_eq!(rows.len(), 1);
-        assert_eq!((rows[0].replicas, rows[0].cpu_request_cores, rows[0].memory_limit_bytes), (Some(1), Some(0.1), Some(1 << 30)));
+        assert_eq!(
+            (
+                rows[0].replicas,
+                rows[0].cpu_request_cores,
+                rows[0].memory_limit_bytes
+            ),
+            (Some(1), Some(0.1), Some(1 << 30))
+        );
         inv.upsert(deployment(1, "100m"), 2);
-        assert!(inv.take_rows(2).workloads.is_empty(), "a status-only update writes nothing");
+        assert!(
+            inv.take_rows(2).workloads.is_empty(),
+            "a status-only update writes nothing"
+        );
         inv.upsert(deployment(3, "100m"), 3);
         assert_eq!(inv.take_rows(3).workloads[0].replicas, Some(3));
         inv.upsert(Object::Hpa(serde_json::from_value(serde_json::json!({
@@ -980,12 +1026,26 @@ mod tests {
                      "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 75}}}]}
         })).unwrap()), 4);
         let rows = inv.take_rows(4).workloads;
-        assert_eq!((rows[0].hpa_min_replicas, rows[0].hpa_max_replicas, rows[0].hpa_target_cpu_utilization), (Some(2), Some(6), Some(0.75)));
-        inv.delete(Kind::Workload("Deployment"), &("shop".into(), "web".into()), 5);
+        assert_eq!(
+            (
+                rows[0].hpa_min_replicas,
+                rows[0].hpa_max_replicas,
+                rows[0].hpa_target_cpu_utilization
+            ),
+            (Some(2), Some(6), Some(0.75))
+        );
+        inv.delete(
+            Kind::Workload("Deployment"),
+            &("shop".into(), "web".into()),
+            5,
+        );
         let rows = inv.take_rows(5).workloads;
         assert!(rows[0].deleted);
         inv.snapshot();
-        assert!(inv.take_rows(6).workloads.is_empty(), "a deleted workload is not in the snapshot");
+        assert!(
+            inv.take_rows(6).workloads.is_empty(),
+            "a deleted workload is not in the snapshot"
+        );
     }
 
     #[test]
@@ -1005,6 +1065,11 @@ mod tests {
         assert_eq!(node.zone.as_deref(), Some("us-east-1b"));
         assert_eq!(node.cpu_allocatable_cores, Some(7.91));
         assert_eq!(node.memory_capacity_bytes, Some(16_012_196 * 1024));
-        assert!(node.taints.as_deref().unwrap().contains("tally.dev/fake-node"));
+        assert!(
+            node.taints
+                .as_deref()
+                .unwrap()
+                .contains("tally.dev/fake-node")
+        );
     }
 }

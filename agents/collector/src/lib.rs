@@ -36,8 +36,8 @@ use std::time::Duration;
 use axum::http::Request;
 use futures::StreamExt;
 use kube::core::ApiResource;
-use kube::runtime::watcher::{self, Event as WatchEvent};
 use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event as WatchEvent};
 use kube::{Api, Client};
 use serde::de::DeserializeOwned;
 use tally_wire::{ClientTls, Table};
@@ -71,7 +71,12 @@ pub struct CollectorArgs {
     )]
     pub token_file: PathBuf,
     /// A client certificate (PEM) to use instead of the bootstrap.
-    #[arg(long, env = "TALLY_TLS_CERT", requires = "tls_key", conflicts_with = "insecure")]
+    #[arg(
+        long,
+        env = "TALLY_TLS_CERT",
+        requires = "tls_key",
+        conflicts_with = "insecure"
+    )]
     pub tls_cert: Option<PathBuf>,
     /// The private key of --tls-cert (PEM).
     #[arg(long, env = "TALLY_TLS_KEY", requires = "tls_cert")]
@@ -106,7 +111,11 @@ pub struct CollectorArgs {
     #[arg(long, env = "TALLY_COLLECTOR_LISTEN", default_value = "0.0.0.0:9090")]
     pub listen: SocketAddr,
     /// A DCGM exporter's metrics URL (repeatable); `file://PATH` reads a recorded page.
-    #[arg(long = "dcgm-endpoint", env = "TALLY_DCGM_ENDPOINTS", value_delimiter = ',')]
+    #[arg(
+        long = "dcgm-endpoint",
+        env = "TALLY_DCGM_ENDPOINTS",
+        value_delimiter = ','
+    )]
     pub dcgm_endpoints: Vec<String>,
     /// How long to keep trying to deliver buffered batches after SIGTERM.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
@@ -141,16 +150,20 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .find(|c: char| !c.is_ascii_digit() && c != '.')
         .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration: use a number with ms, s, m, h or d, like 15s"))?;
+    let value: f64 = number.parse().map_err(|_| {
+        format!("`{text}` is not a duration: use a number with ms, s, m, h or d, like 15s")
+    })?;
     let seconds = match unit {
         "ms" => value / 1000.0,
         "" | "s" => value,
         "m" => value * 60.0,
         "h" => value * 3600.0,
         "d" => value * 86_400.0,
-        other => return Err(format!("unknown duration unit `{other}` in `{text}`: use ms, s, m, h or d")),
+        other => {
+            return Err(format!(
+                "unknown duration unit `{other}` in `{text}`: use ms, s, m, h or d"
+            ));
+        }
     };
     if seconds <= 0.0 {
         return Err(format!("`{text}` must be longer than zero"));
@@ -165,15 +178,19 @@ pub fn parse_bytes(text: &str) -> Result<usize, String> {
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let value: usize = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a size: use a number with KiB, MiB or GiB, like 64MiB"))?;
+    let value: usize = number.parse().map_err(|_| {
+        format!("`{text}` is not a size: use a number with KiB, MiB or GiB, like 64MiB")
+    })?;
     let factor = match unit.trim() {
         "" | "B" => 1,
         "KiB" => 1 << 10,
         "MiB" => 1 << 20,
         "GiB" => 1 << 30,
-        other => return Err(format!("unknown size unit `{other}` in `{text}`: use KiB, MiB or GiB")),
+        other => {
+            return Err(format!(
+                "unknown size unit `{other}` in `{text}`: use KiB, MiB or GiB"
+            ));
+        }
     };
     Ok(value * factor)
 }
@@ -294,7 +311,12 @@ fn spawn_informer<K>(
     inventory: Arc<Mutex<Inventory>>,
     metrics: Arc<Metrics>,
 ) where
-    K: kube::Resource<DynamicType = ApiResource> + Clone + DeserializeOwned + Debug + Send + 'static,
+    K: kube::Resource<DynamicType = ApiResource>
+        + Clone
+        + DeserializeOwned
+        + Debug
+        + Send
+        + 'static,
 {
     metrics.expect(kind.name());
     tokio::spawn(async move {
@@ -380,16 +402,73 @@ async fn start_informers(
         Some(cronjobs) => spawn_workload(cronjobs, "CronJob"),
         None => tracing::warn!("the API server serves no CronJobs (batch/v1, batch/v1beta1)"),
     }
-    match discover(client, "autoscaling", &["v2", "v2beta2", "v1"], "HorizontalPodAutoscaler", "horizontalpodautoscalers").await {
-        Some(hpas) => spawn_informer(client.clone(), hpas, Kind::Hpa, Object::Hpa, inventory.clone(), metrics.clone()),
+    match discover(
+        client,
+        "autoscaling",
+        &["v2", "v2beta2", "v1"],
+        "HorizontalPodAutoscaler",
+        "horizontalpodautoscalers",
+    )
+    .await
+    {
+        Some(hpas) => spawn_informer(
+            client.clone(),
+            hpas,
+            Kind::Hpa,
+            Object::Hpa,
+            inventory.clone(),
+            metrics.clone(),
+        ),
         None => tracing::warn!("the API server serves no HorizontalPodAutoscalers"),
     }
-    spawn_informer(client.clone(), resource("", "v1", "Pod", "pods"), Kind::Pod, Object::Pod, inventory.clone(), metrics.clone());
-    spawn_informer(client.clone(), resource("", "v1", "Node", "nodes"), Kind::Node, Object::Node, inventory.clone(), metrics.clone());
-    spawn_informer(client.clone(), resource("", "v1", "Event", "events"), Kind::Event, Object::Event, inventory.clone(), metrics.clone());
-    spawn_informer(client.clone(), resource("", "v1", "Namespace", "namespaces"), Kind::Other("Namespace"), |o| Object::Other("Namespace", o), inventory.clone(), metrics.clone());
-    spawn_informer(client.clone(), resource("", "v1", "PersistentVolumeClaim", "persistentvolumeclaims"), Kind::Other("PersistentVolumeClaim"), |o| Object::Other("PersistentVolumeClaim", o), inventory.clone(), metrics.clone());
-    spawn_informer(client.clone(), resource("", "v1", "PersistentVolume", "persistentvolumes"), Kind::Other("PersistentVolume"), |o| Object::Other("PersistentVolume", o), inventory.clone(), metrics.clone());
+    spawn_informer(
+        client.clone(),
+        resource("", "v1", "Pod", "pods"),
+        Kind::Pod,
+        Object::Pod,
+        inventory.clone(),
+        metrics.clone(),
+    );
+    spawn_informer(
+        client.clone(),
+        resource("", "v1", "Node", "nodes"),
+        Kind::Node,
+        Object::Node,
+        inventory.clone(),
+        metrics.clone(),
+    );
+    spawn_informer(
+        client.clone(),
+        resource("", "v1", "Event", "events"),
+        Kind::Event,
+        Object::Event,
+        inventory.clone(),
+        metrics.clone(),
+    );
+    spawn_informer(
+        client.clone(),
+        resource("", "v1", "Namespace", "namespaces"),
+        Kind::Other("Namespace"),
+        |o| Object::Other("Namespace", o),
+        inventory.clone(),
+        metrics.clone(),
+    );
+    spawn_informer(
+        client.clone(),
+        resource("", "v1", "PersistentVolumeClaim", "persistentvolumeclaims"),
+        Kind::Other("PersistentVolumeClaim"),
+        |o| Object::Other("PersistentVolumeClaim", o),
+        inventory.clone(),
+        metrics.clone(),
+    );
+    spawn_informer(
+        client.clone(),
+        resource("", "v1", "PersistentVolume", "persistentvolumes"),
+        Kind::Other("PersistentVolume"),
+        |o| Object::Other("PersistentVolume", o),
+        inventory.clone(),
+        metrics.clone(),
+    );
 }
 
 /// What one node's kubelet answered.
@@ -451,7 +530,11 @@ async fn scrape_loop(
             continue;
         }
         let time_ms = now_ms();
-        let ready: Vec<String> = nodes.iter().filter(|n| n.ready).map(|n| n.name.clone()).collect();
+        let ready: Vec<String> = nodes
+            .iter()
+            .filter(|n| n.ready)
+            .map(|n| n.name.clone())
+            .collect();
         for node in nodes.iter().filter(|n| !n.ready) {
             metrics.scrape_error(&node.name, "not_ready");
         }
@@ -484,7 +567,11 @@ async fn scrape_loop(
                             |ns, pod, c| inventory.container(ns, pod, c),
                         );
                         for row in &mut rows {
-                            if let Some(gpu) = gpus.get(&(row.namespace.clone(), row.pod.clone(), row.container.clone())) {
+                            if let Some(gpu) = gpus.get(&(
+                                row.namespace.clone(),
+                                row.pod.clone(),
+                                row.container.clone(),
+                            )) {
                                 row.gpu_utilization = Some(gpu.utilization);
                                 row.gpu_memory_bytes = Some(gpu.memory_bytes);
                             }
@@ -503,9 +590,14 @@ async fn scrape_loop(
                 usage::node_row(info, time_ms, summary, &mut counters)
             })
             .collect();
-        metrics.scrapes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        metrics
+            .scrapes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if !container_rows.is_empty() {
-            outbox.push(Table::ContainerUsage, batches::container_usage(&container_rows));
+            outbox.push(
+                Table::ContainerUsage,
+                batches::container_usage(&container_rows),
+            );
         }
         outbox.push(Table::NodeUsage, batches::node_usage(&node_rows));
     }
@@ -580,11 +672,20 @@ pub async fn run(args: CollectorArgs) -> Result<(), CollectorError> {
             _ = &mut signal => break,
         }
     }
-    tracing::info!(buffered_bytes = outbox.bytes(), "stopping: delivering what is buffered");
+    tracing::info!(
+        buffered_bytes = outbox.bytes(),
+        "stopping: delivering what is buffered"
+    );
     flush(&inventory, &outbox, &metrics);
     let _ = stop.send(true);
-    if tokio::time::timeout(args.shutdown_grace, sender).await.is_err() {
-        tracing::warn!(buffered_bytes = outbox.bytes(), "gave up delivering the buffer at shutdown");
+    if tokio::time::timeout(args.shutdown_grace, sender)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            buffered_bytes = outbox.bytes(),
+            "gave up delivering the buffer at shutdown"
+        );
     }
     Ok(())
 }
@@ -611,25 +712,64 @@ mod tests {
 
     #[test]
     fn flags_parse_and_bad_values_are_clear_errors() {
-        let cli = Cli::try_parse_from(["c", "--appliance", "http://127.0.0.1:1", "--insecure", "--buffer-bytes", "1MiB", "--scrape-interval", "2s"]).unwrap();
+        let cli = Cli::try_parse_from([
+            "c",
+            "--appliance",
+            "http://127.0.0.1:1",
+            "--insecure",
+            "--buffer-bytes",
+            "1MiB",
+            "--scrape-interval",
+            "2s",
+        ])
+        .unwrap();
         assert_eq!(cli.args.buffer_bytes, 1 << 20);
         assert_eq!(cli.args.scrape_interval, Duration::from_secs(2));
-        assert!(matches!(credentials(&cli.args).unwrap(), Credentials::Insecure));
-        let err = Cli::try_parse_from(["c", "--appliance", "x", "--scrape-interval", "soon"]).err().unwrap().to_string();
+        assert!(matches!(
+            credentials(&cli.args).unwrap(),
+            Credentials::Insecure
+        ));
+        let err = Cli::try_parse_from(["c", "--appliance", "x", "--scrape-interval", "soon"])
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("not a duration"), "{err}");
         let cli = Cli::try_parse_from(["c", "--appliance", "https://x:1"]).unwrap();
         let err = credentials(&cli.args).unwrap_err().to_string();
         assert!(err.contains("--bootstrap-url"), "{err}");
-        let cli = Cli::try_parse_from(["c", "--appliance", "https://x:1", "--bootstrap-url", "https://x:2"]).unwrap();
+        let cli = Cli::try_parse_from([
+            "c",
+            "--appliance",
+            "https://x:1",
+            "--bootstrap-url",
+            "https://x:2",
+        ])
+        .unwrap();
         let err = credentials(&cli.args).unwrap_err().to_string();
         assert!(err.contains("--appliance-ca is required"), "{err}");
-        assert!(Cli::try_parse_from(["c", "--appliance", "x", "--insecure", "--tls-cert", "a", "--tls-key", "b"]).is_err());
+        assert!(
+            Cli::try_parse_from([
+                "c",
+                "--appliance",
+                "x",
+                "--insecure",
+                "--tls-cert",
+                "a",
+                "--tls-key",
+                "b"
+            ])
+            .is_err()
+        );
     }
 
     #[test]
     fn sizes_and_durations_parse() {
         assert_eq!(parse_bytes("64MiB").unwrap(), 64 << 20);
-        assert!(parse_bytes("64MB").unwrap_err().contains("unknown size unit"));
+        assert!(
+            parse_bytes("64MB")
+                .unwrap_err()
+                .contains("unknown size unit")
+        );
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert!(parse_duration("0s").is_err());
     }

@@ -534,13 +534,22 @@ mod tests {
         assert!(!kept.contains("SECRET_TOKEN"), "{kept}");
         assert!(!kept.contains("creds"), "{kept}");
         assert_eq!(pod.spec.containers[0].name, "app");
-        assert_eq!(cores(&pod.spec.containers[0].resources.requests, "cpu"), Some(0.25));
+        assert_eq!(
+            cores(&pod.spec.containers[0].resources.requests, "cpu"),
+            Some(0.25)
+        );
         assert_eq!(pod.status.pod_ip.as_deref(), Some("10.0.0.5"));
         assert!(pod.spec.volumes[0].empty_dir.is_some());
         let status = &pod.status.container_statuses[0];
         assert_eq!(status.restart_count, 2);
         assert_eq!(
-            status.last_state.terminated.as_ref().unwrap().reason.as_deref(),
+            status
+                .last_state
+                .terminated
+                .as_ref()
+                .unwrap()
+                .reason
+                .as_deref(),
             Some("OOMKilled")
         );
     }

@@ -258,7 +258,12 @@ impl Counters {
     }
 
     /// Bytes received and sent since the previous sample of a node.
-    pub fn network(&mut self, key: &str, rx: Option<u64>, tx: Option<u64>) -> (Option<i64>, Option<i64>) {
+    pub fn network(
+        &mut self,
+        key: &str,
+        rx: Option<u64>,
+        tx: Option<u64>,
+    ) -> (Option<i64>, Option<i64>) {
         let (Some(rx), Some(tx)) = (rx, tx) else {
             return (None, None);
         };
@@ -268,7 +273,10 @@ impl Counters {
                 let delta = |new: u64, old: u64| {
                     if new >= old { new - old } else { new }
                 };
-                (Some(delta(rx, old_rx) as i64), Some(delta(tx, old_tx) as i64))
+                (
+                    Some(delta(rx, old_rx) as i64),
+                    Some(delta(tx, old_tx) as i64),
+                )
             }
             None => (None, None),
         }
@@ -284,7 +292,10 @@ pub fn network_totals(network: &Option<NetworkStats>) -> (Option<u64>, Option<u6
         return (n.rx_bytes, n.tx_bytes);
     }
     let sum = |f: fn(&InterfaceStats) -> Option<u64>| {
-        n.interfaces.iter().map(f).try_fold(0u64, |acc, v| v.map(|v| acc + v))
+        n.interfaces
+            .iter()
+            .map(f)
+            .try_fold(0u64, |acc, v| v.map(|v| acc + v))
     };
     (sum(|i| i.rx_bytes), sum(|i| i.tx_bytes))
 }
@@ -326,7 +337,9 @@ pub fn container_rows(
             rows.push(ContainerUsageRow {
                 time_ms,
                 cpu_cores: counters.cpu_cores(&key, &c.cpu),
-                memory_working_set_bytes: to_i64(c.memory.as_ref().and_then(|m| m.working_set_bytes)),
+                memory_working_set_bytes: to_i64(
+                    c.memory.as_ref().and_then(|m| m.working_set_bytes),
+                ),
                 memory_rss_bytes: to_i64(c.memory.as_ref().and_then(|m| m.rss_bytes)),
                 cpu_throttled_seconds: counters.throttled(&key, throttling.get(&id).copied()),
                 gpu_utilization: None,
@@ -412,15 +425,37 @@ container_memory_working_set_bytes{container="app",namespace="shop",pod="web-1"}
         let mut c = Counters::default();
         c.begin_round();
         // First sample: the kubelet's own rate.
-        assert_eq!(c.cpu_cores("k", &cpu(10_000_000_000, "2026-01-01T00:00:00Z", 300_000_000)), Some(0.3));
+        assert_eq!(
+            c.cpu_cores(
+                "k",
+                &cpu(10_000_000_000, "2026-01-01T00:00:00Z", 300_000_000)
+            ),
+            Some(0.3)
+        );
         // 15 s later, 7.5 core-seconds more: half a core.
-        assert_eq!(c.cpu_cores("k", &cpu(17_500_000_000, "2026-01-01T00:00:15Z", 1)), Some(0.5));
+        assert_eq!(
+            c.cpu_cores("k", &cpu(17_500_000_000, "2026-01-01T00:00:15Z", 1)),
+            Some(0.5)
+        );
         // The container restarted: the counter went back; fall back to the instant rate.
-        assert_eq!(c.cpu_cores("k", &cpu(1_000_000_000, "2026-01-01T00:00:30Z", 250_000_000)), Some(0.25));
+        assert_eq!(
+            c.cpu_cores(
+                "k",
+                &cpu(1_000_000_000, "2026-01-01T00:00:30Z", 250_000_000)
+            ),
+            Some(0.25)
+        );
         // Missing fields are nulls, not zeros.
         assert_eq!(c.cpu_cores("k", &None), None);
         assert_eq!(
-            c.cpu_cores("j", &Some(CpuStats { time: None, usage_nano_cores: None, usage_core_nano_seconds: Some(5) })),
+            c.cpu_cores(
+                "j",
+                &Some(CpuStats {
+                    time: None,
+                    usage_nano_cores: None,
+                    usage_core_nano_seconds: Some(5)
+                })
+            ),
             None
         );
     }
@@ -446,7 +481,11 @@ container_memory_working_set_bytes{container="app",namespace="shop",pod="web-1"}
         for _ in 0..5 {
             c.begin_round();
         }
-        assert_eq!(c.throttled("gone", Some(2.0)), None, "a forgotten counter starts over");
+        assert_eq!(
+            c.throttled("gone", Some(2.0)),
+            None,
+            "a forgotten counter starts over"
+        );
     }
 
     #[test]
@@ -465,7 +504,9 @@ container_memory_working_set_bytes{container="app",namespace="shop",pod="web-1"}
         let mut counters = Counters::default();
         counters.begin_round();
         let throttling = parse_throttling(CADVISOR);
-        let rows = container_rows("n1", 42, &summary, &throttling, &mut counters, |_, _, _| None);
+        let rows = container_rows("n1", 42, &summary, &throttling, &mut counters, |_, _, _| {
+            None
+        });
         assert_eq!(rows.len(), 2);
         assert_eq!(rows[0].cpu_cores, Some(0.25));
         assert_eq!(rows[0].memory_working_set_bytes, Some(2048));
@@ -474,11 +515,27 @@ container_memory_working_set_bytes{container="app",namespace="shop",pod="web-1"}
         assert_eq!(rows[0].info.workload_kind, "Pod");
         assert_eq!(rows[1].cpu_cores, None);
         assert_eq!(rows[1].memory_working_set_bytes, None);
-        let node = node_row(NodeInfo { name: "n1".into(), ..NodeInfo::default() }, 42, Some(&summary), &mut counters);
+        let node = node_row(
+            NodeInfo {
+                name: "n1".into(),
+                ..NodeInfo::default()
+            },
+            42,
+            Some(&summary),
+            &mut counters,
+        );
         assert_eq!(node.cpu_cores, Some(0.5));
         assert_eq!(node.memory_working_set_bytes, Some(1000));
         assert_eq!(node.filesystem_used_bytes, Some(77));
-        let unscraped = node_row(NodeInfo { name: "fake".into(), ..NodeInfo::default() }, 42, None, &mut counters);
+        let unscraped = node_row(
+            NodeInfo {
+                name: "fake".into(),
+                ..NodeInfo::default()
+            },
+            42,
+            None,
+            &mut counters,
+        );
         assert_eq!(unscraped.cpu_cores, None);
     }
 }

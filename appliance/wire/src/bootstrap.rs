@@ -84,7 +84,8 @@ pub async fn request_certificate(
     ca_pem: &[u8],
     token: &str,
 ) -> Result<IssuedCertificate, BootstrapError> {
-    let ca = reqwest::Certificate::from_pem(ca_pem).map_err(|e| BootstrapError::Ca(e.to_string()))?;
+    let ca =
+        reqwest::Certificate::from_pem(ca_pem).map_err(|e| BootstrapError::Ca(e.to_string()))?;
     let http = reqwest::Client::builder()
         .tls_built_in_root_certs(false)
         .add_root_certificate(ca)
@@ -95,7 +96,9 @@ pub async fn request_certificate(
 
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::new(Vec::<String>::new())?;
-    params.distinguished_name.push(DnType::CommonName, "tally-agent");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "tally-agent");
     let csr_pem = params.serialize_request(&key)?.pem()?;
 
     let url = format!("{}{BOOTSTRAP_PATH}", bootstrap_url.trim_end_matches('/'));
