@@ -7,9 +7,11 @@
 //! target/release/tally-bench ingest --rows 20000000
 //! target/release/tally-bench storage --containers 30000 --days 14 --data-dir /tmp/tally-bench
 //! target/release/tally-bench query --data-dir /tmp/tally-bench
+//! target/release/tally-bench analysis --containers 30000 --days 14
 //! target/release/tally-bench all --tiny        # what the test command runs, so nothing rots
 //! ```
 
+mod analysis;
 mod machine;
 mod netmon;
 mod report;
@@ -89,6 +91,21 @@ enum Bench {
         #[arg(long, default_value = "60s")]
         flush: String,
     },
+    /// One analysis run (rightsizing, replicas, consolidation, instance types) over a
+    /// simulated cluster's history: wall time and peak RSS of the run.
+    Analysis {
+        #[arg(long, default_value_t = 30_000)]
+        containers: usize,
+        #[arg(long, default_value_t = 14)]
+        days: u32,
+        /// Step of the generated history; rightsizing reads hourly rollups, so 1800 gives
+        /// the same rollup rows as 30 s samples and loads 60 times faster.
+        #[arg(long, default_value = "1800")]
+        step_seconds: i64,
+        /// The store's data directory (replaced).
+        #[arg(long, default_value = "/tmp/tally-bench-analysis")]
+        data_dir: PathBuf,
+    },
     /// All of the above at a small size (`--tiny`: a few seconds, for the test suite).
     All {
         #[arg(long)]
@@ -116,6 +133,12 @@ fn main() {
                 vec![storage(containers, days, step_seconds * 1000, &data_dir).await]
             }
             Bench::Query { data_dir, raw } => vec![query(&data_dir, raw).await],
+            Bench::Analysis {
+                containers,
+                days,
+                step_seconds,
+                data_dir,
+            } => vec![analysis::analysis(containers, days, step_seconds * 1000, &data_dir).await],
             Bench::Netmon {
                 entries,
                 seconds,
@@ -133,6 +156,7 @@ fn main() {
                     ingest(rows, 4_096, 2).await,
                     storage(containers, days, 30_000, &dir).await,
                     query(&dir, true).await,
+                    analysis::analysis(containers.min(300), days, 1_800_000, &dir).await,
                     netmon::netmon(if tiny { 2_000 } else { 20_000 }, if tiny { 4 } else { 30 }, "1s", "2s"),
                 ];
                 let _ = std::fs::remove_dir_all(&dir);

@@ -95,6 +95,11 @@ pub struct ServeArgs {
     /// the port can write.
     #[arg(long, conflicts_with_all = ["tls_cert", "tls_key", "client_ca"])]
     pub insecure: bool,
+    /// Run the analyses (rightsizing, replicas and HPAs, node consolidation, instance types)
+    /// this often, writing each run's rows to the recommendations table; 0 turns the periodic
+    /// run off (POST /api/v1/analysis/run still runs one).
+    #[arg(long, env = "TALLY_ANALYSIS_INTERVAL", default_value = "5m", value_parser = parse_duration)]
+    pub analysis_interval: Duration,
 }
 
 #[derive(Debug, Args)]

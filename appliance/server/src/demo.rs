@@ -22,6 +22,8 @@ pub enum DemoError {
     Client(#[from] tally_wire::ClientError),
     #[error("the appliance refused simulated data: {0}")]
     Write(#[from] tally_wire::WriteError),
+    #[error(transparent)]
+    Analysis(#[from] tally_analysis::AnalysisError),
 }
 
 /// Sends batches in `DoPut` calls of up to 32 batches per table.
@@ -112,6 +114,22 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
         if args.days == 1 { "" } else { "s" },
         cluster.container_count(),
         started.elapsed().as_secs_f64()
+    );
+    // Recommendations for the history just loaded, so the UI has them at once.
+    appliance.analyzer.seed_catalog().await?;
+    let analysed = chrono::DateTime::from_timestamp_millis(end_ms).unwrap_or_else(chrono::Utc::now);
+    let summary = appliance.analyzer.run(analysed).await?;
+    println!(
+        "  analysed in {:.1} s: {} recommendations, {} node(s) can go, savings per month: {}",
+        summary.seconds,
+        summary.recommendations.values().sum::<usize>(),
+        summary.nodes_removable,
+        summary
+            .savings_monthly_usd
+            .iter()
+            .map(|(kind, usd)| format!("{kind} ${usd:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
 
     if args.exit_after_backfill {

@@ -34,6 +34,9 @@ pub struct ApplianceOptions {
     /// The largest gRPC message accepted (one Arrow batch).
     pub max_message_bytes: usize,
     pub query: QueryLimits,
+    /// Run the analyses (rightsizing, replicas, consolidation, instance types) this often;
+    /// `None` runs them only on `POST /api/v1/analysis/run`.
+    pub analysis_interval: Option<Duration>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +62,9 @@ pub struct Appliance {
     pub tls: bool,
     pub store: Arc<Store>,
     pub engine: QueryEngine,
+    /// The analyses, also run periodically when configured.
+    pub analyzer: Arc<tally_analysis::Analyzer>,
+    analysis: Option<tokio::task::JoinHandle<()>>,
     stop: watch::Sender<bool>,
     servers: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -107,12 +113,21 @@ impl Appliance {
             }
         });
 
+        let analyzer = Arc::new(tally_analysis::Analyzer::new(
+            store.clone(),
+            engine.clone(),
+            tally_analysis::AnalysisConfig::default(),
+        ));
+        let analysis = options
+            .analysis_interval
+            .map(|every| tally_analysis::spawn_periodic(analyzer.clone(), every));
         let app = http::router(http::AppState {
             store: store.clone(),
             engine: engine.clone(),
             flight_addr,
             tls: options.tls.is_some(),
-        });
+        })
+        .merge(tally_analysis::http::router(analyzer.clone()));
         let mut stop_http = stop.subscribe();
         let web = tokio::spawn(async move {
             let served = axum::serve(http_listener, app)
@@ -131,6 +146,8 @@ impl Appliance {
             tls: options.tls.is_some(),
             store,
             engine,
+            analyzer,
+            analysis,
             stop,
             servers: vec![flight, web],
         })
@@ -149,6 +166,9 @@ impl Appliance {
     /// Stops both servers, flushes the store and closes it.
     pub async fn shutdown(self) -> Result<(), ApplianceError> {
         let _ = self.stop.send(true);
+        if let Some(analysis) = &self.analysis {
+            analysis.abort();
+        }
         for server in self.servers {
             let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
         }
@@ -166,6 +186,7 @@ pub fn local_options(data_dir: impl Into<PathBuf>) -> ApplianceOptions {
         tls: None,
         max_message_bytes: 64 << 20,
         query: QueryLimits::default(),
+        analysis_interval: Some(Duration::from_secs(300)),
     }
 }
 

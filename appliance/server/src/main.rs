@@ -88,6 +88,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         tls,
         max_message_bytes: args.store.max_message_bytes,
         query: query_limits(&args.store),
+        analysis_interval: (!args.analysis_interval.is_zero()).then_some(args.analysis_interval),
     };
     let appliance = Appliance::start(options).await.map_err(|e| e.to_string())?;
     println!("flight {}", appliance.flight_url());

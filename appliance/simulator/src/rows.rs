@@ -301,6 +301,8 @@ pub(crate) struct NodeUsageRows {
     rx: Int64Builder,
     tx: Int64Builder,
     fs: Int64Builder,
+    labels: StringBuilder,
+    taints: StringBuilder,
 }
 
 impl NodeUsageRows {
@@ -323,6 +325,8 @@ impl NodeUsageRows {
             rx: Int64Builder::with_capacity(cap),
             tx: Int64Builder::with_capacity(cap),
             fs: Int64Builder::with_capacity(cap),
+            labels: sb(cap, 300),
+            taints: sb(cap, 2),
         }
     }
 
@@ -359,11 +363,12 @@ impl NodeUsageRows {
         self.rx.append_option(network.map(|x| x.0));
         self.tx.append_option(network.map(|x| x.1));
         self.fs.append_value(fs);
+        self.labels.append_value(&n.labels);
+        self.taints.append_value(&n.taints);
     }
 
     pub(crate) fn finish(&mut self) -> RecordBatch {
         let mut old = std::mem::replace(self, NodeUsageRows::new(self.cap));
-        let rows = old.time.len();
         batch(
             Table::NodeUsage,
             vec![
@@ -383,9 +388,8 @@ impl NodeUsageRows {
                 i64s(&mut old.rx),
                 i64s(&mut old.tx),
                 i64s(&mut old.fs),
-                // Labels and taints of simulated nodes: not modelled yet.
-                arrow::array::new_null_array(&arrow::datatypes::DataType::Utf8, rows),
-                arrow::array::new_null_array(&arrow::datatypes::DataType::Utf8, rows),
+                string(&mut old.labels),
+                string(&mut old.taints),
             ],
         )
     }
@@ -483,6 +487,9 @@ pub(crate) struct PodRow<'a> {
     pub labels: &'a str,
     pub start_time: i64,
     pub deleted: bool,
+    pub cpu_request_cores: f64,
+    pub memory_request_bytes: i64,
+    pub scheduling: &'a str,
 }
 
 pub(crate) struct PodRows {
@@ -498,6 +505,9 @@ pub(crate) struct PodRows {
     labels: StringBuilder,
     start: TimestampMillisecondBuilder,
     deleted: BooleanBuilder,
+    cpu_request: Float64Builder,
+    memory_request: Int64Builder,
+    scheduling: StringBuilder,
 }
 
 impl Default for PodRows {
@@ -515,6 +525,9 @@ impl Default for PodRows {
             labels: StringBuilder::new(),
             start: TimestampMillisecondBuilder::new().with_timezone("UTC"),
             deleted: BooleanBuilder::new(),
+            cpu_request: Float64Builder::new(),
+            memory_request: Int64Builder::new(),
+            scheduling: StringBuilder::new(),
         }
     }
 }
@@ -537,10 +550,12 @@ impl PodRows {
         self.labels.append_value(r.labels);
         self.start.append_value(r.start_time);
         self.deleted.append_value(r.deleted);
+        self.cpu_request.append_value(r.cpu_request_cores);
+        self.memory_request.append_value(r.memory_request_bytes);
+        self.scheduling.append_value(r.scheduling);
     }
 
     pub(crate) fn finish(&mut self) -> RecordBatch {
-        let rows = self.time.len();
         batch(
             Table::Pods,
             vec![
@@ -556,10 +571,9 @@ impl PodRows {
                 string(&mut self.labels),
                 Arc::new(self.start.finish()),
                 Arc::new(self.deleted.finish()),
-                // Pod requests and scheduling constraints: not modelled yet.
-                arrow::array::new_null_array(&arrow::datatypes::DataType::Float64, rows),
-                arrow::array::new_null_array(&arrow::datatypes::DataType::Int64, rows),
-                arrow::array::new_null_array(&arrow::datatypes::DataType::Utf8, rows),
+                f64s(&mut self.cpu_request),
+                i64s(&mut self.memory_request),
+                string(&mut self.scheduling),
             ],
         )
     }

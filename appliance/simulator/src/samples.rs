@@ -673,6 +673,9 @@ impl Cluster {
             labels: &w.labels,
             start_time: start,
             deleted,
+            cpu_request_cores: pod.cpu_request_cores,
+            memory_request_bytes: pod.memory_request_bytes,
+            scheduling: &pod.scheduling,
         }
     }
 

@@ -189,6 +189,12 @@ pub struct Node {
     /// Requests of every pod slot placed on it (including HPA headroom and job pods).
     pub cpu_requested_cores: f64,
     pub memory_requested_bytes: i64,
+    /// Its labels as a JSON object (hostname, instance type, zone, region, node group,
+    /// capacity type, arch, os), as the collector reports them.
+    pub labels: String,
+    /// Its taints as a JSON array of {key, value, effect}: spot nodes of the `compute` group
+    /// carry `spot=true:NoSchedule`, the others none.
+    pub taints: String,
     pub(crate) zone_index: usize,
     pub(crate) overhead_cpu: f64,
     pub(crate) overhead_mem: f64,
@@ -221,6 +227,13 @@ pub struct Pod {
     pub(crate) name: String,
     pub(crate) start_ms: i64,
     pub(crate) key: u64,
+    /// What the scheduler reserves for it: the sum of its containers' requests.
+    pub cpu_request_cores: f64,
+    pub memory_request_bytes: i64,
+    /// The pods table's scheduling JSON: a node selector on its node group when it runs in the
+    /// group its workload asks for, a toleration when it runs on a tainted node, local storage
+    /// for caches and Prometheus.
+    pub scheduling: String,
 }
 
 impl Pod {
@@ -1045,7 +1058,7 @@ fn build_nodes(config: &SimConfig, rng: &mut Rng) -> Vec<Node> {
             let name = format!("ip-10-0-{c}-{d}{suffix}");
             let scale = (f64::from(it.vcpu) / 4.0).powf(0.4);
             nodes.push(Node {
-                name,
+                name: name.clone(),
                 ip,
                 zone: config.zones[zone].clone(),
                 node_group: group.name,
@@ -1059,6 +1072,24 @@ fn build_nodes(config: &SimConfig, rng: &mut Rng) -> Vec<Node> {
                 lightly_used: false,
                 cpu_requested_cores: 0.0,
                 memory_requested_bytes: 0,
+                labels: labels_json(&[
+                    ("kubernetes.io/hostname", &name),
+                    ("kubernetes.io/arch", "amd64"),
+                    ("kubernetes.io/os", "linux"),
+                    ("node.kubernetes.io/instance-type", it.name),
+                    ("topology.kubernetes.io/region", &config.region),
+                    ("topology.kubernetes.io/zone", &config.zones[zone]),
+                    ("eks.amazonaws.com/nodegroup", group.name),
+                    (
+                        "eks.amazonaws.com/capacityType",
+                        if spot { "SPOT" } else { "ON_DEMAND" },
+                    ),
+                ]),
+                taints: if spot && group.name == "compute" {
+                    r#"[{"key":"spot","value":"true","effect":"NoSchedule"}]"#.to_string()
+                } else {
+                    "[]".to_string()
+                },
                 zone_index: zone,
                 overhead_cpu: rng.range(0.06, 0.16) * scale,
                 overhead_mem: rng.range(0.5, 0.9) * GIB as f64 * scale,
@@ -1577,6 +1608,31 @@ fn sidecar(
     }
 }
 
+/// The scheduling JSON of a pod of `w` placed on `node`.
+fn pod_scheduling(w: &Workload, node: &Node) -> String {
+    let mut s = serde_json::json!({
+        "node_selector": {},
+        "tolerations": [],
+        "required_node_affinity": [],
+        "local_storage": w.name.contains("cache")
+            || w.name == "prometheus"
+            || w.containers.iter().any(|c| c.name == "prometheus"),
+    });
+    if w.node_group == Some(node.node_group) {
+        s["node_selector"]["eks.amazonaws.com/nodegroup"] = node.node_group.into();
+    }
+    if w.kind == DaemonSet || node.taints != "[]" {
+        // DaemonSets tolerate everything, as the platform's do; pods on a tainted node
+        // tolerate its taint.
+        s["tolerations"] = if w.kind == DaemonSet {
+            serde_json::json!([{ "operator": "Exists" }])
+        } else {
+            serde_json::json!([{ "key": "spot", "operator": "Equal", "value": "true", "effect": "NoSchedule" }])
+        };
+    }
+    s.to_string()
+}
+
 /// The pod CIDR of node `i` is `10.(128 + i / 256).(i % 256).0/24`.
 fn pod_ip(node: usize, nth: u32) -> String {
     format!(
@@ -1768,6 +1824,7 @@ fn place_pods(
                 + (rng.range(0.0, 6.0) * HOUR as f64) as i64
                 + i64::from(slot) * 30_000;
             let pod_index = pods.len() as u32;
+            let scheduling = pod_scheduling(w, &nodes[node]);
             pods.push(Pod {
                 workload: wi,
                 slot,
@@ -1777,6 +1834,9 @@ fn place_pods(
                 name,
                 start_ms,
                 key,
+                cpu_request_cores: cpu,
+                memory_request_bytes: mem,
+                scheduling,
             });
             for (ci, spec) in w.containers.iter().enumerate() {
                 let skey = hash2(key, ci as u64 + 1);
