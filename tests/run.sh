@@ -22,7 +22,9 @@ fi
 
 if [ -z "${TALLY_SKIP_INSTALL:-}" ]; then
   step "installing test dependencies"
-  debs=(python3 python3-venv ca-certificates clang-19 libbpf-dev bpftool conntrack nftables iproute2)
+  # chromium + chromium-driver: the web UI's end-to-end tests drive a real headless Chromium.
+  # victoria-metrics + prometheus: the peers benchmark (tally-bench peers) loads the same data into them.
+  debs=(python3 python3-venv ca-certificates chromium chromium-driver clang-19 libbpf-dev bpftool conntrack nftables iproute2 victoria-metrics prometheus)
   missing=()
   for pkg in "${debs[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -53,7 +55,6 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 step "cargo build (the tally binary the end-to-end tests run)"
 cargo build --quiet --bin tally --bin tally-agent
 export TALLY_BIN="$CARGO_TARGET_DIR/debug/tally"
-
 export TALLY_AGENT_BIN="$CARGO_TARGET_DIR/debug/tally-agent"
 
 # The collector's tests (and others) run against a real Kubernetes cluster on this machine,
@@ -65,6 +66,7 @@ if [ -z "${TALLY_KUBECONFIG:-}" ]; then
   trap cluster_down EXIT
   bash tests/cluster/up.sh
 fi
+
 step "cargo test"
 cargo test --workspace --quiet -- --test-threads=2
 

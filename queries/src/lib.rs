@@ -117,9 +117,9 @@ impl Query {
 #[cfg(test)]
 pub(crate) mod golden;
 #[cfg(test)]
-mod golden_network;
-#[cfg(test)]
 mod golden_analysis;
+#[cfg(test)]
+mod golden_network;
 #[cfg(test)]
 mod golden_ui;
 

@@ -55,7 +55,13 @@ async fn the_demo_backfills_a_simulated_cluster_and_answers_sql() {
         let n = answer["rows"][0][0].as_u64().unwrap();
         assert!(n >= at_least, "{table}: {n} rows");
     }
-    let page = reqwest::get(&url).await.unwrap().text().await.unwrap();
+    // The UI asks for the sign-in link first; the table catalog needs none.
+    let page = reqwest::get(format!("{url}/api/v1/tables"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(page.contains("container_usage"), "{page}");
 
     unsafe { libc_kill(child.id() as i32) };

@@ -9,6 +9,7 @@ mod export;
 mod ingest;
 mod sql_api;
 mod tls;
+mod ui;
 
 /// A small deterministic random number generator (SplitMix64), so a failing run repeats.
 pub struct Rng(u64);

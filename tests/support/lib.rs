@@ -12,6 +12,8 @@ use tally_wire::Table;
 
 /// The real Kubernetes test cluster, and the collector agent run against it.
 pub mod cluster;
+/// Drives headless Chromium through chromedriver (the UI's end-to-end tests).
+pub mod webdriver;
 
 /// The `tally` binary under test: `$TALLY_BIN`, or the debug build in the cargo target
 /// directory (the test command builds it first).

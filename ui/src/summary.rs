@@ -93,9 +93,17 @@ impl SummaryCache {
     /// stale. `None` while the first one is computed (the page shows progress and polls).
     pub async fn get(&self, state: &UiState) -> Option<Arc<Summary>> {
         let current = self.current.read().await.clone();
-        let stale = current
-            .as_ref()
-            .is_none_or(|s| s.computed_at.elapsed() > MAX_AGE);
+        // A summary without any usage (the rollups lag the newest rows by one flush, e.g.
+        // right after start) is refreshed soon rather than kept for a minute.
+        let stale = current.as_ref().is_none_or(|s| {
+            let no_usage = s.workloads.iter().all(|w| w.cpu_p95_cores.is_none());
+            let max_age = if no_usage {
+                Duration::from_secs(5)
+            } else {
+                MAX_AGE
+            };
+            s.computed_at.elapsed() > max_age
+        });
         if stale && !self.refreshing.swap(true, Ordering::SeqCst) {
             let cache = self.clone();
             let state = state.clone();

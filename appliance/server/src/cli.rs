@@ -100,6 +100,53 @@ pub struct ServeArgs {
     /// run off (POST /api/v1/analysis/run still runs one).
     #[arg(long, env = "TALLY_ANALYSIS_INTERVAL", default_value = "5m", value_parser = parse_duration)]
     pub analysis_interval: Duration,
+    /// The Kubernetes API server UI sign-ins are checked against (TokenReview and
+    /// SubjectAccessReview), e.g. https://10.0.0.1:443. Default: in a pod, the cluster's own
+    /// (KUBERNETES_SERVICE_HOST and the service account); elsewhere nobody can sign in.
+    #[arg(long, env = "TALLY_KUBE_API_SERVER", requires = "kube_token_file")]
+    pub kube_api_server: Option<String>,
+    /// The CA certificate (PEM) of --kube-api-server; default: the system's roots.
+    #[arg(long, env = "TALLY_KUBE_CA")]
+    pub kube_ca: Option<PathBuf>,
+    /// A file holding the appliance's own bearer token for --kube-api-server; it needs
+    /// `create` on tokenreviews and subjectaccessreviews (ClusterRole system:auth-delegator).
+    #[arg(long, env = "TALLY_KUBE_TOKEN_FILE")]
+    pub kube_token_file: Option<PathBuf>,
+    /// Issue agents their client certificates automatically: serve the certificate
+    /// bootstrap (HTTPS) on this address. The appliance then keeps its own CA (see
+    /// --ca-secret, --ca-dir), signs its server certificate for --server-name at every start,
+    /// and accepts Flight clients whose certificates that CA signed. Agents present their
+    /// ServiceAccount token, checked with a TokenReview against the API server of
+    /// --kube-api-server (default: in-cluster).
+    #[arg(long, env = "TALLY_BOOTSTRAP_LISTEN", conflicts_with_all = ["tls_cert", "tls_key", "client_ca", "insecure"])]
+    pub bootstrap_listen: Option<SocketAddr>,
+    /// Keep the CA in this Secret, `namespace/name` (created on first start; its certificate
+    /// is also published in a ConfigMap of the same name for agents to mount).
+    #[arg(long, env = "TALLY_CA_SECRET", requires = "bootstrap_listen")]
+    pub ca_secret: Option<String>,
+    /// Keep the CA in this directory when there is no --ca-secret (default: <data-dir>/pki).
+    #[arg(
+        long,
+        env = "TALLY_CA_DIR",
+        requires = "bootstrap_listen",
+        conflicts_with = "ca_secret"
+    )]
+    pub ca_dir: Option<PathBuf>,
+    /// DNS names and IP addresses agents use to reach the appliance, for its server
+    /// certificate (repeatable or comma-separated).
+    #[arg(long = "server-name", env = "TALLY_SERVER_NAMES", value_delimiter = ',', default_values_t = ["localhost".to_string(), "127.0.0.1".to_string()])]
+    pub server_names: Vec<String>,
+    /// ServiceAccounts that may get an agent certificate, as `namespace:name` or
+    /// `namespace:*` (repeatable or comma-separated).
+    #[arg(
+        long = "bootstrap-allow",
+        env = "TALLY_BOOTSTRAP_ALLOW",
+        value_delimiter = ','
+    )]
+    pub bootstrap_allow: Vec<String>,
+    /// How long an agent certificate is valid; agents renew at two thirds of it.
+    #[arg(long, env = "TALLY_AGENT_CERT_TTL", default_value = "24h", value_parser = parse_duration)]
+    pub agent_cert_ttl: Duration,
 }
 
 #[derive(Debug, Args)]

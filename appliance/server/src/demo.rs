@@ -62,6 +62,12 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
     options.flight_listen = args.flight_listen;
     let appliance = Appliance::start(options).await?;
     println!("Tally demo: UI and SQL API at {}", appliance.http_url());
+    if let Some(path) = appliance.ui.auth.one_time_path() {
+        println!(
+            "  sign in to the UI (this link works once): {}{path}",
+            appliance.http_url()
+        );
+    }
     println!(
         "  data in {} (insecure Flight ingest on {})",
         data_dir.display(),

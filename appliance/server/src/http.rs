@@ -1,5 +1,5 @@
-//! The HTTP server: a minimal index page (the full UI arrives with the web UI), the SQL API,
-//! Parquet/CSV export, the table catalog, health and Prometheus metrics.
+//! The HTTP server: the web UI (`tally_ui`), the SQL API, Parquet/CSV export, the table
+//! catalog, health and Prometheus metrics.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,7 +12,6 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
-use maud::{DOCTYPE, Markup, html};
 use serde::Deserialize;
 use tally_query::{QueryEngine, QueryError};
 use tally_store::Store;
@@ -26,11 +25,13 @@ pub struct AppState {
     pub engine: QueryEngine,
     pub flight_addr: SocketAddr,
     pub tls: bool,
+    /// The web UI, served at `/` and its pages.
+    pub ui: tally_ui::UiState,
 }
 
 pub fn router(state: AppState) -> Router {
+    let ui = tally_ui::router(state.ui.clone().with_export(ui_export(state.clone())));
     Router::new()
-        .route("/", get(index))
         .route("/api/v1/sql", post(sql))
         .route("/api/v1/tables", get(tables))
         .route("/api/v1/export", get(export_table).post(export_query))
@@ -38,6 +39,24 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
         .with_state(state)
+        .merge(ui)
+}
+
+/// The SQL console's downloads, encoded exactly as `POST /api/v1/export` encodes them.
+fn ui_export(state: AppState) -> tally_ui::ExportFn {
+    std::sync::Arc::new(move |sql: String, format: String| {
+        let state = state.clone();
+        Box::pin(async move {
+            let format = match format.as_str() {
+                "csv" => ExportFormat::Csv,
+                _ => ExportFormat::Parquet,
+            };
+            match stream_export(&state, &sql, format, "query").await {
+                Ok(response) => response,
+                Err(error) => error.into_response(),
+            }
+        })
+    })
 }
 
 const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
@@ -299,51 +318,4 @@ async fn metrics(State(state): State<AppState>) -> Response {
         stats.replayed_rows,
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
-}
-
-fn page(title: &str, body: Markup) -> Markup {
-    html! {
-        (DOCTYPE)
-        html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { (title) " · Tally" }
-                style { "body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#1a1a1a}table{border-collapse:collapse}td,th{padding:.25rem .75rem;border-bottom:1px solid #ddd;text-align:left}td.n{text-align:right;font-variant-numeric:tabular-nums}code{background:#f3f3f3;padding:0 .25rem}" }
-            }
-            body { (body) }
-        }
-    }
-}
-
-async fn index(State(state): State<AppState>) -> Markup {
-    let published = state.store.published();
-    let stats = state.store.stats();
-    page(
-        "Tally",
-        html! {
-            h1 { "Tally" }
-            p { "Kubernetes cost and efficiency, inside your cluster. The full UI arrives with the web UI; until then the SQL API serves everything stored here." }
-            h2 { "Tables" }
-            table {
-                thead { tr { th { "table" } th { "Parquet files" } th { "rows in Parquet" } th { "bytes" } } }
-                tbody {
-                    @for table in Table::ALL {
-                        @let (files, rows, bytes) = published.get(&table).copied().unwrap_or_default();
-                        tr { td { code { (table.name()) } } td.n { (files) } td.n { (rows) } td.n { (bytes) } }
-                    }
-                }
-            }
-            p { (stats.hot_rows) " rows are buffered in memory and already visible to queries." }
-            h2 { "API" }
-            ul {
-                li { code { "POST /api/v1/sql" } " with " code { "{\"sql\": \"SELECT …\"}" } " — JSON rows, or Arrow IPC with " code { "Accept: " (ARROW_STREAM) } }
-                li { a href="/api/v1/tables" { code { "GET /api/v1/tables" } } " — tables and columns" }
-                li { code { "GET /api/v1/export?table=container_usage&from=…&to=…&format=parquet" } " — a table as Parquet or CSV" }
-                li { code { "POST /api/v1/export" } " with " code { "{\"sql\": \"…\", \"format\": \"csv\"}" } " — any query as Parquet or CSV" }
-                li { a href="/metrics" { code { "GET /metrics" } } " — Prometheus metrics" }
-                li { "Arrow Flight (ingest with DoPut, Flight SQL queries) at " code { (state.flight_addr) } @if state.tls { " with mutual TLS" } @else { " without TLS (demo mode)" } }
-            }
-        },
-    )
 }

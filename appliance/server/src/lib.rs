@@ -34,6 +34,8 @@ pub struct ApplianceOptions {
     /// The largest gRPC message accepted (one Arrow batch).
     pub max_message_bytes: usize,
     pub query: QueryLimits,
+    /// How users sign in to the web UI.
+    pub sign_in: tally_ui::SignIn,
     /// Run the analyses (rightsizing, replicas, consolidation, instance types) this often;
     /// `None` runs them only on `POST /api/v1/analysis/run`.
     pub analysis_interval: Option<Duration>,
@@ -62,6 +64,8 @@ pub struct Appliance {
     pub tls: bool,
     pub store: Arc<Store>,
     pub engine: QueryEngine,
+    /// The web UI's state (the demo reads its one-time sign-in link from it).
+    pub ui: tally_ui::UiState,
     /// The analyses, also run periodically when configured.
     pub analyzer: Arc<tally_analysis::Analyzer>,
     analysis: Option<tokio::task::JoinHandle<()>>,
@@ -113,6 +117,12 @@ impl Appliance {
             }
         });
 
+        let ui = tally_ui::UiState::new(
+            engine.clone(),
+            store.clone(),
+            tally_ui::Auth::new(options.sign_in.clone()),
+            Some(options.store.data_dir.join("policies.json")),
+        );
         let analyzer = Arc::new(tally_analysis::Analyzer::new(
             store.clone(),
             engine.clone(),
@@ -126,6 +136,7 @@ impl Appliance {
             engine: engine.clone(),
             flight_addr,
             tls: options.tls.is_some(),
+            ui: ui.clone(),
         })
         .merge(tally_analysis::http::router(analyzer.clone()));
         let mut stop_http = stop.subscribe();
@@ -146,6 +157,7 @@ impl Appliance {
             tls: options.tls.is_some(),
             store,
             engine,
+            ui,
             analyzer,
             analysis,
             stop,
@@ -186,6 +198,7 @@ pub fn local_options(data_dir: impl Into<PathBuf>) -> ApplianceOptions {
         tls: None,
         max_message_bytes: 64 << 20,
         query: QueryLimits::default(),
+        sign_in: tally_ui::SignIn::OneTimeLink,
         analysis_interval: Some(Duration::from_secs(300)),
     }
 }

@@ -66,7 +66,12 @@ pub fn query_limits(args: &StoreArgs) -> QueryLimits {
 }
 
 async fn serve(args: ServeArgs) -> Result<(), String> {
+    let bootstrap = match args.bootstrap_listen {
+        Some(listen) => Some(start_bootstrap(&args, listen).await?),
+        None => None,
+    };
     let tls = match (&args.tls_cert, &args.tls_key, &args.client_ca) {
+        _ if bootstrap.is_some() => bootstrap.as_ref().map(|b| b.tls_files.clone()),
         (Some(cert), Some(key), Some(client_ca)) => Some(ServerTlsFiles {
             cert: cert.clone(),
             key: key.clone(),
@@ -88,14 +93,39 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         tls,
         max_message_bytes: args.store.max_message_bytes,
         query: query_limits(&args.store),
+        sign_in: sign_in(&args)?,
         analysis_interval: (!args.analysis_interval.is_zero()).then_some(args.analysis_interval),
     };
     let appliance = Appliance::start(options).await.map_err(|e| e.to_string())?;
     println!("flight {}", appliance.flight_url());
     println!("http {}", appliance.http_url());
+    if let Some(bootstrap) = &bootstrap {
+        println!("bootstrap {}", bootstrap.url());
+    }
     wait_for_signal().await;
     tracing::info!("shutting down: flushing buffered rows");
     appliance.shutdown().await.map_err(|e| e.to_string())
+}
+
+/// How UI users sign in: against --kube-api-server when given, else the cluster Tally runs in.
+fn sign_in(args: &ServeArgs) -> Result<tally_ui::SignIn, String> {
+    let Some(api_server) = &args.kube_api_server else {
+        return Ok(tally_ui::SignIn::in_cluster());
+    };
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+    };
+    let token_file = args
+        .kube_token_file
+        .as_deref()
+        .ok_or("--kube-api-server needs --kube-token-file")?;
+    let token = String::from_utf8(read(token_file)?)
+        .map_err(|_| format!("{} is not text", token_file.display()))?;
+    Ok(tally_ui::SignIn::Kubernetes(tally_ui::KubernetesAuth {
+        api_server: api_server.clone(),
+        ca_pem: args.kube_ca.as_deref().map(read).transpose()?,
+        token: token.trim().to_string(),
+    }))
 }
 
 async fn sql(args: SqlArgs) -> Result<(), String> {
@@ -145,4 +175,49 @@ async fn sql(args: SqlArgs) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Starts the certificate bootstrap (--bootstrap-listen): the CA, the appliance's server
+/// certificate and the HTTPS endpoint agents get their client certificates from.
+async fn start_bootstrap(
+    args: &ServeArgs,
+    listen: std::net::SocketAddr,
+) -> Result<tally_appliance::bootstrap::Bootstrap, String> {
+    use tally_appliance::bootstrap::{self, BootstrapConfig, CaStore};
+    let ca_store = match &args.ca_secret {
+        Some(secret) => {
+            let (namespace, name) = secret.split_once('/').ok_or_else(|| {
+                format!(
+                    "--ca-secret `{secret}` should look like namespace/name, e.g. tally/tally-ca"
+                )
+            })?;
+            CaStore::Secret {
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+            }
+        }
+        None => CaStore::Disk(
+            args.ca_dir
+                .clone()
+                .unwrap_or_else(|| args.store.data_dir.join("pki")),
+        ),
+    };
+    let kube = bootstrap::kube_client(
+        args.kube_api_server.as_deref(),
+        args.kube_ca.as_deref(),
+        args.kube_token_file.as_deref(),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let config = BootstrapConfig {
+        listen,
+        ca_store,
+        pki_dir: args.store.data_dir.join("pki"),
+        server_names: args.server_names.clone(),
+        allowed: args.bootstrap_allow.clone(),
+        cert_ttl: args.agent_cert_ttl,
+    };
+    bootstrap::start(config, kube)
+        .await
+        .map_err(|e| e.to_string())
 }

@@ -111,7 +111,7 @@ fn top_recommendations(rows: &Rows) -> Markup {
                     @for r in rows.iter().take(5) {
                         tr {
                             td {
-                                @if r.text("target_kind") == "NodeGroup" { "node group " (r.text("target_name")) }
+                                @if r.text("namespace").is_empty() { (r.text("target_kind")) " " (r.text("target_name")) }
                                 @else {
                                     a href=(super::workloads::workload_href(r.text("namespace"), r.text("target_kind"), r.text("target_name"))) {
                                         (r.text("namespace")) "/" (r.text("target_name"))
