@@ -11,6 +11,7 @@ use crate::NetmonError;
 use crate::flows::{Counters, EntryId, FlowKey, Reading};
 
 const ACCT_SYSCTL: &str = "/proc/sys/net/netfilter/nf_conntrack_acct";
+const TIMESTAMP_SYSCTL: &str = "/proc/sys/net/netfilter/nf_conntrack_timestamp";
 
 /// An open conntrack netlink socket (in the network namespace of the thread that opened it).
 pub struct ConntrackReader {
@@ -58,6 +59,16 @@ pub fn reading_of(flow: &conntrack::model::Flow) -> Option<Reading> {
             .map(|c| (c.bytes.unwrap_or(0), c.packets.unwrap_or(0)))
             .unwrap_or((0, 0))
     };
+    // The kernel's id hashes the entry's address, which a new connection with the same tuple
+    // may reuse right after the old one ends; the start time (nf_conntrack_timestamp) tells
+    // them apart, so a reused id is a new entry and its counters are not read as a delta.
+    let started = flow
+        .timestamp
+        .as_ref()
+        .and_then(|t| t.start)
+        .and_then(|t| t.timestamp_nanos_opt())
+        .unwrap_or(0) as u64;
+    let id = flow.id.unwrap_or(0) ^ (started ^ (started >> 32)) as u32;
     let (tx_bytes, tx_packets) = counter(&flow.counter_origin);
     let (rx_bytes, rx_packets) = counter(&flow.counter_reply);
     Some(Reading {
@@ -69,7 +80,7 @@ pub fn reading_of(flow: &conntrack::model::Flow) -> Option<Reading> {
                 protocol,
             },
             src_port,
-            id: flow.id.unwrap_or(0),
+            id,
         },
         counters: Counters {
             tx_bytes,
@@ -85,6 +96,12 @@ pub fn reading_of(flow: &conntrack::model::Flow) -> Option<Reading> {
 /// it was off have no counters.
 pub fn enable_accounting() -> Result<bool, NetmonError> {
     enable_accounting_at(Path::new(ACCT_SYSCTL))
+}
+
+/// Turns on `nf_conntrack_timestamp` (each entry's start time, which tells a new connection
+/// from an old one whose id it reuses). Returns true when it was off.
+pub fn enable_timestamps() -> Result<bool, NetmonError> {
+    enable_accounting_at(Path::new(TIMESTAMP_SYSCTL))
 }
 
 fn enable_accounting_at(path: &Path) -> Result<bool, NetmonError> {

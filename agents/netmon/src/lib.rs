@@ -300,6 +300,11 @@ fn conntrack_thread(
             Ok(false) => {}
             Err(e) => tracing::warn!("cannot turn on conntrack accounting: {e}"),
         }
+        match ct::enable_timestamps() {
+            Ok(true) => tracing::info!("nf_conntrack_timestamp was off: turned it on"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!("cannot turn on conntrack timestamps: {e}"),
+        }
         ct::ConntrackReader::open()
     };
     let reader = match setup() {
