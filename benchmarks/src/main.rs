@@ -8,13 +8,16 @@
 //! target/release/tally-bench storage --containers 30000 --days 14 --data-dir /tmp/tally-bench
 //! target/release/tally-bench query --data-dir /tmp/tally-bench
 //! target/release/tally-bench analysis --containers 30000 --days 14
+//! target/release/tally-bench ui --workloads 30000
 //! target/release/tally-bench all --tiny        # what the test command runs, so nothing rots
 //! ```
 
 mod analysis;
+mod collector;
 mod machine;
 mod netmon;
 mod report;
+mod ui;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -76,6 +79,33 @@ enum Bench {
         #[arg(long, default_value_t = true)]
         raw: bool,
     },
+    /// One analysis run (rightsizing, replicas, consolidation, instance types) over a
+    /// simulated cluster's history: wall time and peak RSS of the run.
+    Analysis {
+        #[arg(long, default_value_t = 30_000)]
+        containers: usize,
+        #[arg(long, default_value_t = 14)]
+        days: u32,
+        /// Step of the generated history; rightsizing reads hourly rollups, so 1800 gives
+        /// the same rollup rows as 30 s samples and loads 60 times faster.
+        #[arg(long, default_value = "1800")]
+        step_seconds: i64,
+        /// The store's data directory (replaced).
+        #[arg(long, default_value = "/tmp/tally-bench-analysis")]
+        data_dir: PathBuf,
+    },
+    /// Server render time per web UI page (p50/p99) at a simulated cluster's size.
+    Ui {
+        /// Workloads in the simulated cluster.
+        #[arg(long, default_value_t = 30_000)]
+        workloads: usize,
+        /// Hours of history (5-minute samples) loaded before rendering.
+        #[arg(long, default_value_t = 3)]
+        hours: i64,
+        /// Requests per page.
+        #[arg(long, default_value_t = 50)]
+        repeat: usize,
+    },
     /// The node network agent's peak RSS and CPU with a large conntrack table (needs root).
     Netmon {
         /// Conntrack entries created in the benchmark's network namespace.
@@ -91,20 +121,15 @@ enum Bench {
         #[arg(long, default_value = "60s")]
         flush: String,
     },
-    /// One analysis run (rightsizing, replicas, consolidation, instance types) over a
-    /// simulated cluster's history: wall time and peak RSS of the run.
-    Analysis {
-        #[arg(long, default_value_t = 30_000)]
-        containers: usize,
-        #[arg(long, default_value_t = 14)]
-        days: u32,
-        /// Step of the generated history; rightsizing reads hourly rollups, so 1800 gives
-        /// the same rollup rows as 30 s samples and loads 60 times faster.
-        #[arg(long, default_value = "1800")]
-        step_seconds: i64,
-        /// The store's data directory (replaced).
-        #[arg(long, default_value = "/tmp/tally-bench-analysis")]
-        data_dir: PathBuf,
+    /// The collector's peak RSS with many pods in the test cluster's API server (needs
+    /// `bash tests/cluster/up.sh`).
+    CollectorMemory {
+        /// Pods to create (bound to the kubelet-less fake nodes).
+        #[arg(long, default_value_t = 10_000)]
+        pods: usize,
+        /// kubectl processes creating pods at the same time.
+        #[arg(long, default_value_t = 4)]
+        parallel: usize,
     },
     /// All of the above at a small size (`--tiny`: a few seconds, for the test suite).
     All {
@@ -133,18 +158,27 @@ fn main() {
                 vec![storage(containers, days, step_seconds * 1000, &data_dir).await]
             }
             Bench::Query { data_dir, raw } => vec![query(&data_dir, raw).await],
-            Bench::Analysis {
-                containers,
-                days,
-                step_seconds,
-                data_dir,
-            } => vec![analysis::analysis(containers, days, step_seconds * 1000, &data_dir).await],
             Bench::Netmon {
                 entries,
                 seconds,
                 poll,
                 flush,
             } => vec![netmon::netmon(entries, seconds, &poll, &flush)],
+            Bench::Ui {
+                workloads,
+                hours,
+                repeat,
+            } => vec![ui::ui(workloads, hours, repeat).await],
+            Bench::Analysis {
+                containers,
+                days,
+                step_seconds,
+                data_dir,
+            } => vec![analysis::analysis(containers, days, step_seconds * 1000, &data_dir).await],
+            Bench::CollectorMemory { pods, parallel } => {
+                vec![collector::collector_memory(pods, parallel).await]
+            }
+            ],
             Bench::All { tiny } => {
                 let dir = std::env::temp_dir().join(format!("tally-bench-{}", std::process::id()));
                 let (rows, containers, days) = if tiny {
@@ -156,8 +190,14 @@ fn main() {
                     ingest(rows, 4_096, 2).await,
                     storage(containers, days, 30_000, &dir).await,
                     query(&dir, true).await,
+                    netmon::netmon(
+                        if tiny { 2_000 } else { 20_000 },
+                        if tiny { 4 } else { 30 },
+                        "1s",
+                        "2s",
+                    ),
                     analysis::analysis(containers.min(300), days, 1_800_000, &dir).await,
-                    netmon::netmon(if tiny { 2_000 } else { 20_000 }, if tiny { 4 } else { 30 }, "1s", "2s"),
+                    ui::ui(if tiny { 60 } else { 3_000 }, 1, if tiny { 2 } else { 20 }).await,
                 ];
                 let _ = std::fs::remove_dir_all(&dir);
                 out
