@@ -23,6 +23,12 @@ enum Command {
     /// The cluster agent: informers for workloads, pods, nodes and events, kubelet usage
     /// scraping, delivery to the appliance with a bootstrapped client certificate.
     Collector(tally_collector::CollectorArgs),
+    /// The write operator: recommendations as custom resources, applied within the limits
+    /// of the user's Policies, rolled back when deleted or rejected, every action audited.
+    Operator(tally_operator::OperatorArgs),
+    /// Prints the operator's CRDs (WorkloadRecommendation, NodeGroupRecommendation, Policy)
+    /// as one multi-document YAML, or writes one file per CRD with --out.
+    Crds(tally_operator::CrdsArgs),
 }
 
 fn main() -> ExitCode {
@@ -39,9 +45,9 @@ fn main() -> ExitCode {
     let result: Result<(), String> = runtime.block_on(async move {
         match cli.command {
             Command::Netmon(args) => tally_netmon::run(args).await.map_err(|e| e.to_string()),
-            Command::Collector(args) => {
-                tally_collector::run(args).await.map_err(|e| e.to_string())
-            }
+            Command::Collector(args) => tally_collector::run(args).await.map_err(|e| e.to_string()),
+            Command::Operator(args) => tally_operator::run(args).await.map_err(|e| e.to_string()),
+            Command::Crds(args) => tally_operator::print_crds(args).map_err(|e| e.to_string()),
         }
     });
     match result {

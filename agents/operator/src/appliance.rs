@@ -1,0 +1,397 @@
+//! The operator's link to the appliance, over mutual TLS on the appliance's Flight port:
+//! recommendations are read with a Flight SQL query (the latest analysis run), actions are
+//! appended to the `actions` table with Flight `DoPut`.
+//!
+//! The certificate comes from the appliance's bootstrap endpoint (the ServiceAccount token
+//! proves who the operator is) and is renewed at two thirds of its life, or from files.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray, RecordBatch, StringArray, TimestampMillisecondArray};
+use arrow::datatypes::{Float64Type, Int64Type};
+use arrow_flight::sql::client::FlightSqlServiceClient;
+use futures::TryStreamExt;
+use tally_wire::bootstrap::{IssuedCertificate, request_certificate};
+use tally_wire::{ClientTls, IngestClient, Table};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+use crate::crd::{ContainerRecommendation, HpaRecommendation, Resources, WorkloadKind};
+
+/// How the operator proves itself to the appliance.
+#[derive(Debug, Clone)]
+pub enum Credentials {
+    /// Plain HTTP/2 (`--insecure`, local demos only).
+    Insecure,
+    /// Certificate files given on the command line.
+    Static(ClientTls),
+    /// A certificate from the appliance's bootstrap endpoint.
+    Bootstrap {
+        url: String,
+        ca_pem: Vec<u8>,
+        token_file: PathBuf,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplianceError {
+    #[error("cannot get a client certificate: {0}")]
+    Certificate(String),
+    #[error("cannot connect to the appliance at {url}: {reason}")]
+    Connect { url: String, reason: String },
+    #[error("query `{sql}` failed: {reason}")]
+    Query { sql: String, reason: String },
+    #[error("the appliance refused the action rows: {0}")]
+    Write(String),
+}
+
+/// One workload's recommendation from one analysis run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkloadRow {
+    pub run_id: String,
+    pub namespace: String,
+    pub kind: WorkloadKind,
+    pub name: String,
+    pub containers: Vec<ContainerRecommendation>,
+    pub replicas: Option<(Option<i64>, Option<i64>)>,
+    pub hpa: Option<HpaRecommendation>,
+    pub confidence: f64,
+    pub why: String,
+    pub savings_monthly_usd: f64,
+}
+
+impl WorkloadRow {
+    /// `run/namespace/Kind/name`: the recommendation id in the `actions` table.
+    pub fn id(&self) -> String {
+        format!(
+            "{}/{}/{}/{}",
+            self.run_id,
+            self.namespace,
+            self.kind.as_str(),
+            self.name
+        )
+    }
+}
+
+/// One row of the appliance's audit log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActionRow {
+    pub recommendation_id: Option<String>,
+    pub operation: String,
+    pub namespace: String,
+    pub target_kind: String,
+    pub target_name: String,
+    pub actor: String,
+    pub policy: Option<String>,
+    pub before: Option<String>,
+    pub after: Option<String>,
+    pub result: String,
+    pub message: Option<String>,
+}
+
+/// A connection to the appliance that renews its certificate and reconnects when needed.
+pub struct Appliance {
+    url: String,
+    credentials: Credentials,
+    certificate: Option<IssuedCertificate>,
+    sql: Option<FlightSqlServiceClient<Channel>>,
+    ingest: Option<IngestClient>,
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+impl Appliance {
+    pub fn new(url: String, credentials: Credentials) -> Self {
+        Self {
+            url,
+            credentials,
+            certificate: None,
+            sql: None,
+            ingest: None,
+        }
+    }
+
+    /// Drops the connections (after an error), so the next call reconnects.
+    pub fn reset(&mut self) {
+        self.sql = None;
+        self.ingest = None;
+    }
+
+    async fn tls(&mut self) -> Result<Option<ClientTls>, ApplianceError> {
+        match &self.credentials {
+            Credentials::Insecure => Ok(None),
+            Credentials::Static(tls) => Ok(Some(tls.clone())),
+            Credentials::Bootstrap {
+                url,
+                ca_pem,
+                token_file,
+            } => {
+                let due = self
+                    .certificate
+                    .as_ref()
+                    .is_none_or(|c| now_ms() >= c.renew_at_ms());
+                if due {
+                    let token = tokio::fs::read_to_string(token_file).await.map_err(|e| {
+                        ApplianceError::Certificate(format!(
+                            "cannot read the ServiceAccount token {}: {e}",
+                            token_file.display()
+                        ))
+                    })?;
+                    match request_certificate(url, ca_pem, &token).await {
+                        Ok(issued) => {
+                            tracing::info!(identity = %issued.identity, not_after_ms = issued.not_after_ms, "received a client certificate");
+                            self.certificate = Some(issued);
+                            self.reset();
+                        }
+                        Err(e) => {
+                            let expired = self
+                                .certificate
+                                .as_ref()
+                                .is_none_or(|c| now_ms() >= c.not_after_ms);
+                            if expired {
+                                self.certificate = None;
+                                return Err(ApplianceError::Certificate(e.to_string()));
+                            }
+                            tracing::warn!(error = %e, "cannot renew the client certificate yet");
+                        }
+                    }
+                }
+                Ok(self.certificate.as_ref().map(|c| c.tls.clone()))
+            }
+        }
+    }
+
+    async fn sql_client(&mut self) -> Result<&mut FlightSqlServiceClient<Channel>, ApplianceError> {
+        let tls = self.tls().await?;
+        if self.sql.is_none() {
+            let connect = |reason: String| ApplianceError::Connect {
+                url: self.url.clone(),
+                reason,
+            };
+            let mut endpoint =
+                Endpoint::from_shared(self.url.clone()).map_err(|e| connect(e.to_string()))?;
+            if let Some(tls) = tls {
+                let mut config = ClientTlsConfig::new()
+                    .ca_certificate(Certificate::from_pem(tls.ca_pem))
+                    .identity(Identity::from_pem(tls.cert_pem, tls.key_pem));
+                if let Some(domain) = tls.domain {
+                    config = config.domain_name(domain);
+                }
+                endpoint = endpoint
+                    .tls_config(config)
+                    .map_err(|e| connect(e.to_string()))?;
+            }
+            let channel = endpoint
+                .connect()
+                .await
+                .map_err(|e| connect(error_chain(&e)))?;
+            self.sql = Some(FlightSqlServiceClient::new(channel));
+        }
+        Ok(self.sql.as_mut().expect("connected"))
+    }
+
+    /// Runs a query and returns its batches.
+    pub async fn query(&mut self, sql: &str) -> Result<Vec<RecordBatch>, ApplianceError> {
+        let fail = |reason: String| ApplianceError::Query {
+            sql: sql.to_string(),
+            reason,
+        };
+        let client = self.sql_client().await?;
+        let result = async {
+            let info = client.execute(sql.to_string(), None).await?;
+            let mut batches = Vec::new();
+            for endpoint in info.endpoint {
+                let Some(ticket) = endpoint.ticket else {
+                    continue;
+                };
+                let stream = client.do_get(ticket).await?;
+                let mut got: Vec<RecordBatch> = stream.try_collect().await?;
+                batches.append(&mut got);
+            }
+            Ok::<_, arrow_flight::error::FlightError>(batches)
+        }
+        .await;
+        result.map_err(|e| {
+            self.reset();
+            fail(e.to_string())
+        })
+    }
+
+    /// The workload recommendations (kind `rightsizing`) of the latest analysis run.
+    pub async fn latest_recommendations(&mut self) -> Result<Vec<WorkloadRow>, ApplianceError> {
+        let latest = self
+            .query(
+                "SELECT run_id FROM recommendations WHERE kind = 'rightsizing' \
+                 ORDER BY time DESC LIMIT 1",
+            )
+            .await?;
+        let Some(run_id) = latest
+            .iter()
+            .find(|b| b.num_rows() > 0)
+            .map(|b| b.column(0).as_string::<i32>().value(0).to_string())
+        else {
+            return Ok(Vec::new());
+        };
+        let sql = format!(
+            "SELECT run_id, namespace, target_kind, target_name, container, \
+             current_cpu_request_cores, recommended_cpu_request_cores, \
+             current_cpu_limit_cores, recommended_cpu_limit_cores, \
+             current_memory_request_bytes, recommended_memory_request_bytes, \
+             current_memory_limit_bytes, recommended_memory_limit_bytes, \
+             current_replicas, recommended_replicas, confidence, why, savings_monthly_usd \
+             FROM recommendations WHERE run_id = '{}' AND kind = 'rightsizing' \
+             ORDER BY namespace, target_kind, target_name, container",
+            run_id.replace('\'', "''")
+        );
+        let batches = self.query(&sql).await?;
+        Ok(group_rows(&batches))
+    }
+
+    /// Recommendation ids whose custom resource a person deleted (the operator does not
+    /// create them again for the same run).
+    pub async fn dismissed(&mut self, run_id: &str) -> Result<Vec<String>, ApplianceError> {
+        let sql = format!(
+            "SELECT DISTINCT recommendation_id FROM actions WHERE operation = 'dismiss' \
+             AND recommendation_id LIKE '{}/%'",
+            run_id.replace('\'', "''")
+        );
+        let batches = self.query(&sql).await?;
+        Ok(batches
+            .iter()
+            .flat_map(|b| {
+                let col = b.column(0).as_string::<i32>();
+                (0..b.num_rows())
+                    .filter(|&i| col.is_valid(i))
+                    .map(|i| col.value(i).to_string())
+                    .collect::<Vec<_>>()
+            })
+            .collect())
+    }
+
+    /// Appends actions to the `actions` table (durable once this returns).
+    pub async fn log(&mut self, actions: &[ActionRow]) -> Result<(), ApplianceError> {
+        if actions.is_empty() {
+            return Ok(());
+        }
+        let tls = self.tls().await?;
+        if self.ingest.is_none() {
+            let client = IngestClient::connect(&self.url, tls).await.map_err(|e| {
+                ApplianceError::Connect {
+                    url: self.url.clone(),
+                    reason: e.to_string(),
+                }
+            })?;
+            self.ingest = Some(client);
+        }
+        let batch = actions_batch(actions, now_ms());
+        let client = self.ingest.as_mut().expect("connected");
+        if let Err(e) = client.write(Table::Actions, vec![batch]).await {
+            self.reset();
+            return Err(ApplianceError::Write(e.to_string()));
+        }
+        Ok(())
+    }
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// The `actions` rows as one batch of the wire schema.
+pub fn actions_batch(actions: &[ActionRow], time_ms: i64) -> RecordBatch {
+    let n = actions.len();
+    let text = |f: &dyn Fn(&ActionRow) -> String| {
+        Arc::new(StringArray::from_iter_values(actions.iter().map(f))) as Arc<dyn Array>
+    };
+    let opt = |f: &dyn Fn(&ActionRow) -> Option<String>| {
+        Arc::new(actions.iter().map(f).collect::<StringArray>()) as Arc<dyn Array>
+    };
+    RecordBatch::try_new(
+        Table::Actions.schema(),
+        vec![
+            Arc::new(TimestampMillisecondArray::from(vec![time_ms; n]).with_timezone("UTC")),
+            text(&|_| uuid::Uuid::new_v4().to_string()),
+            opt(&|a| a.recommendation_id.clone()),
+            text(&|a| a.operation.clone()),
+            text(&|a| a.namespace.clone()),
+            text(&|a| a.target_kind.clone()),
+            text(&|a| a.target_name.clone()),
+            text(&|a| a.actor.clone()),
+            opt(&|a| a.policy.clone()),
+            opt(&|a| a.before.clone()),
+            opt(&|a| a.after.clone()),
+            text(&|a| a.result.clone()),
+            opt(&|a| a.message.clone()),
+        ],
+    )
+    .expect("actions batch of the wire schema")
+}
+
+/// Rows (one per container) grouped into one recommendation per workload. Rows of kinds the
+/// operator cannot change (a bare ReplicaSet, a Job) are left out.
+pub fn group_rows(batches: &[RecordBatch]) -> Vec<WorkloadRow> {
+    let mut out: BTreeMap<(String, String, String), WorkloadRow> = BTreeMap::new();
+    for b in batches {
+        let s = |i: usize| b.column(i).as_string::<i32>();
+        let f = |i: usize| b.column(i).as_primitive::<Float64Type>();
+        let n = |i: usize| b.column(i).as_primitive::<Int64Type>();
+        let fo = |i: usize, row: usize| f(i).is_valid(row).then(|| f(i).value(row));
+        let no = |i: usize, row: usize| n(i).is_valid(row).then(|| n(i).value(row));
+        for row in 0..b.num_rows() {
+            let Some(kind) = WorkloadKind::parse(s(2).value(row)) else {
+                continue;
+            };
+            let key = (
+                s(1).value(row).to_string(),
+                s(2).value(row).to_string(),
+                s(3).value(row).to_string(),
+            );
+            let entry = out.entry(key).or_insert_with(|| WorkloadRow {
+                run_id: s(0).value(row).to_string(),
+                namespace: s(1).value(row).to_string(),
+                kind,
+                name: s(3).value(row).to_string(),
+                containers: Vec::new(),
+                replicas: None,
+                hpa: None,
+                confidence: fo(15, row).unwrap_or(0.0),
+                why: s(16).value(row).to_string(),
+                savings_monthly_usd: 0.0,
+            });
+            entry.savings_monthly_usd += fo(17, row).unwrap_or(0.0);
+            entry.confidence = entry.confidence.min(fo(15, row).unwrap_or(0.0));
+            let (cur_rep, rec_rep) = (no(13, row), no(14, row));
+            if cur_rep.is_some() || rec_rep.is_some() {
+                entry.replicas = Some((cur_rep, rec_rep));
+            }
+            if s(4).is_valid(row) {
+                entry.containers.push(ContainerRecommendation {
+                    name: s(4).value(row).to_string(),
+                    current: Resources {
+                        cpu_request_cores: fo(5, row),
+                        cpu_limit_cores: fo(7, row),
+                        memory_request_bytes: no(9, row),
+                        memory_limit_bytes: no(11, row),
+                    },
+                    recommended: Resources {
+                        cpu_request_cores: fo(6, row),
+                        cpu_limit_cores: fo(8, row),
+                        memory_request_bytes: no(10, row),
+                        memory_limit_bytes: no(12, row),
+                    },
+                });
+            }
+        }
+    }
+    out.into_values().collect()
+}

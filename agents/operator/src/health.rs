@@ -1,0 +1,173 @@
+//! The operator's own health: `/healthz`, `/readyz` (one full reconcile pass succeeded and
+//! the last one is recent) and Prometheus `/metrics`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+
+/// Counters and gauges of the operator.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub passes: AtomicU64,
+    pub pass_errors: AtomicU64,
+    pub errors: AtomicU64,
+    pub patches: AtomicU64,
+    pub rollbacks: AtomicU64,
+    pub recommendations: AtomicU64,
+    pub policies_valid: AtomicU64,
+    pub policies_invalid: AtomicU64,
+    /// Unix milliseconds of the last successful pass (0: none yet).
+    pub last_success_ms: AtomicI64,
+    /// How long a pass may be overdue before `/readyz` fails.
+    pub stale_after_ms: AtomicI64,
+    actions: Mutex<BTreeMap<(String, String), u64>>,
+}
+
+impl Metrics {
+    /// An action appended to the appliance's `actions` table.
+    pub fn action(&self, operation: &str, result: &str) {
+        *self
+            .actions
+            .lock()
+            .unwrap()
+            .entry((operation.to_string(), result.to_string()))
+            .or_insert(0) += 1;
+    }
+
+    /// Ready: a pass succeeded, recently.
+    pub fn ready(&self, now_ms: i64) -> bool {
+        let last = self.last_success_ms.load(Ordering::Relaxed);
+        last > 0 && now_ms - last <= self.stale_after_ms.load(Ordering::Relaxed)
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        for (name, kind, help, value) in [
+            (
+                "tally_operator_passes_total",
+                "counter",
+                "Reconcile passes completed.",
+                load(&self.passes),
+            ),
+            (
+                "tally_operator_pass_errors_total",
+                "counter",
+                "Reconcile passes that failed (appliance or API server unreachable).",
+                load(&self.pass_errors),
+            ),
+            (
+                "tally_operator_errors_total",
+                "counter",
+                "Errors on single objects (retried next pass).",
+                load(&self.errors),
+            ),
+            (
+                "tally_operator_workload_patches_total",
+                "counter",
+                "Workloads whose requests/limits the operator patched.",
+                load(&self.patches),
+            ),
+            (
+                "tally_operator_rollbacks_total",
+                "counter",
+                "Workloads restored to their previous resources.",
+                load(&self.rollbacks),
+            ),
+            (
+                "tally_operator_recommendations",
+                "gauge",
+                "Workload recommendations in the latest analysis run.",
+                load(&self.recommendations),
+            ),
+            (
+                "tally_operator_policies_valid",
+                "gauge",
+                "Policies that passed validation.",
+                load(&self.policies_valid),
+            ),
+            (
+                "tally_operator_policies_invalid",
+                "gauge",
+                "Policies rejected by validation (they cover nothing).",
+                load(&self.policies_invalid),
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP tally_operator_last_success_timestamp_seconds When the last pass succeeded.\n# TYPE tally_operator_last_success_timestamp_seconds gauge\ntally_operator_last_success_timestamp_seconds {}",
+            self.last_success_ms.load(Ordering::Relaxed) as f64 / 1000.0
+        );
+        let _ = writeln!(
+            out,
+            "# HELP tally_operator_actions_total Actions appended to the appliance's audit log.\n# TYPE tally_operator_actions_total counter"
+        );
+        for ((operation, result), n) in self.actions.lock().unwrap().iter() {
+            let _ = writeln!(
+                out,
+                "tally_operator_actions_total{{operation=\"{operation}\",result=\"{result}\"}} {n}"
+            );
+        }
+        out
+    }
+}
+
+/// The routes of the health listener.
+pub fn router(metrics: Arc<Metrics>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(render))
+        .with_state(metrics)
+}
+
+async fn readyz(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+    if metrics.ready(chrono::Utc::now().timestamp_millis()) {
+        (StatusCode::OK, "ok")
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no recent successful reconcile pass",
+        )
+    }
+}
+
+async fn render(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        metrics.render(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_only_after_a_recent_pass() {
+        let m = Metrics::default();
+        m.stale_after_ms.store(10_000, Ordering::Relaxed);
+        assert!(!m.ready(1_000));
+        m.last_success_ms.store(1_000, Ordering::Relaxed);
+        assert!(m.ready(5_000));
+        assert!(!m.ready(20_000));
+        m.action("apply", "applied");
+        assert!(
+            m.render()
+                .contains("tally_operator_actions_total{operation=\"apply\",result=\"applied\"} 1")
+        );
+    }
+}

@@ -1,0 +1,301 @@
+//! The write operator: it turns the appliance's recommendations into custom resources and
+//! applies those the user's Policies allow.
+//!
+//! `tally-agent operator` runs as one Deployment per cluster:
+//! - custom resources `WorkloadRecommendation` (namespaced), `NodeGroupRecommendation` and
+//!   `Policy` (cluster-scoped), group `tally.dev/v1alpha1`, defined in [`crd`] and printed
+//!   as YAML by `tally-agent crds`;
+//! - every `--poll-interval` the latest analysis run is read from the appliance (Flight SQL
+//!   over mutual TLS, certificate from the bootstrap endpoint) and reconciled ([`reconcile`]):
+//!   policies are evaluated again before anything changes ([`policy`]);
+//! - every decision goes to the appliance's `actions` table ([`appliance`]);
+//! - `/healthz`, `/readyz` and `/metrics` on `--listen` ([`health`]).
+//!
+//! Its ClusterRole is `agents/operator/rbac.yaml`.
+
+pub mod appliance;
+pub mod crd;
+pub mod health;
+pub mod policy;
+pub mod quantity;
+pub mod reconcile;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use kube::Client;
+use tally_wire::ClientTls;
+
+use crate::appliance::{Appliance, Credentials};
+use crate::health::Metrics;
+use crate::reconcile::Reconciler;
+
+/// Flags of `tally-agent operator`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct OperatorArgs {
+    /// The appliance's Flight URL (`https://tally.tally.svc:50051`).
+    #[arg(long, env = "TALLY_APPLIANCE_URL")]
+    pub appliance: String,
+    /// The appliance's certificate bootstrap URL (`https://tally.tally.svc:8443`): the
+    /// operator presents its ServiceAccount token there and receives a short-lived client
+    /// certificate, renewed at two thirds of its life.
+    #[arg(long, env = "TALLY_BOOTSTRAP_URL", conflicts_with_all = ["tls_cert", "insecure"])]
+    pub bootstrap_url: Option<String>,
+    /// The CA that signed the appliance's certificates (PEM).
+    #[arg(long, env = "TALLY_APPLIANCE_CA")]
+    pub appliance_ca: Option<PathBuf>,
+    /// The ServiceAccount token presented to the bootstrap endpoint (re-read at renewal).
+    #[arg(
+        long,
+        env = "TALLY_TOKEN_FILE",
+        default_value = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    )]
+    pub token_file: PathBuf,
+    /// A client certificate (PEM) to use instead of the bootstrap.
+    #[arg(
+        long,
+        env = "TALLY_TLS_CERT",
+        requires = "tls_key",
+        conflicts_with = "insecure"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "TALLY_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Talk to the appliance without TLS (`http://` URL). For local demos only.
+    #[arg(long)]
+    pub insecure: bool,
+    /// A kubeconfig file (default: in-cluster configuration, or $KUBECONFIG).
+    #[arg(long, env = "TALLY_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// How often recommendations are read and every resource reconciled (e.g. 30s).
+    #[arg(long, env = "TALLY_POLL_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub poll_interval: Duration,
+    /// Address of `/healthz`, `/readyz` and `/metrics`.
+    #[arg(long, env = "TALLY_OPERATOR_LISTEN", default_value = "0.0.0.0:9091")]
+    pub listen: SocketAddr,
+}
+
+/// Flags of `tally-agent crds`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CrdsArgs {
+    /// Write one file per CRD into this directory instead of printing one multi-document
+    /// YAML.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// Why the operator could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum OperatorError {
+    #[error("invalid flags: {0}")]
+    Flags(String),
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot configure the Kubernetes client: {0}")]
+    KubeConfig(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot render the CRDs: {0}")]
+    Render(String),
+}
+
+/// Parses `500ms`, `10s`, `5m`, `2h` (a bare number is seconds).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number.parse().map_err(|_| {
+        format!("`{text}` is not a duration: use a number with ms, s, m or h, like 30s")
+    })?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "" | "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        other => {
+            return Err(format!(
+                "unknown duration unit `{other}` in `{text}`: use ms, s, m or h"
+            ));
+        }
+    };
+    if seconds <= 0.0 {
+        return Err(format!("`{text}` must be longer than zero"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+fn read(path: &PathBuf) -> Result<Vec<u8>, OperatorError> {
+    std::fs::read(path).map_err(|source| OperatorError::Read {
+        path: path.clone(),
+        source,
+    })
+}
+
+fn credentials(args: &OperatorArgs) -> Result<Credentials, OperatorError> {
+    if args.insecure {
+        return Ok(Credentials::Insecure);
+    }
+    let ca = || {
+        args.appliance_ca.as_ref().ok_or_else(|| {
+            OperatorError::Flags(
+                "--appliance-ca is required with TLS (the CA that signed the appliance's certificate)"
+                    .into(),
+            )
+        })
+    };
+    if let Some(url) = &args.bootstrap_url {
+        return Ok(Credentials::Bootstrap {
+            url: url.clone(),
+            ca_pem: read(ca()?)?,
+            token_file: args.token_file.clone(),
+        });
+    }
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        return Ok(Credentials::Static(ClientTls {
+            ca_pem: read(ca()?)?,
+            cert_pem: read(cert)?,
+            key_pem: read(key)?,
+            domain: None,
+        }));
+    }
+    Err(OperatorError::Flags(
+        "say how to reach the appliance securely: --bootstrap-url (with --appliance-ca), \
+         or --tls-cert and --tls-key, or --insecure for a local demo"
+            .into(),
+    ))
+}
+
+async fn kube_client(args: &OperatorArgs) -> Result<Client, OperatorError> {
+    let config = match &args.kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| OperatorError::KubeConfig(format!("{}: {e}", path.display())))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+                .await
+                .map_err(|e| OperatorError::KubeConfig(e.to_string()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| OperatorError::KubeConfig(e.to_string()))?,
+    };
+    Client::try_from(config).map_err(|e| OperatorError::KubeConfig(e.to_string()))
+}
+
+/// `tally-agent crds`: the CRD YAML on stdout, or one file per CRD in `--out`.
+pub fn print_crds(args: CrdsArgs) -> Result<(), OperatorError> {
+    match args.out {
+        None => {
+            let yaml = crd::crds_yaml().map_err(OperatorError::Render)?;
+            print!("{yaml}");
+        }
+        Some(dir) => {
+            std::fs::create_dir_all(&dir).map_err(|source| OperatorError::Write {
+                path: dir.clone(),
+                source,
+            })?;
+            for crd in crd::crds() {
+                let name = crd.metadata.name.clone().unwrap_or_default();
+                let path = dir.join(format!("{name}.yaml"));
+                let yaml = crd::crd_yaml(&crd).map_err(OperatorError::Render)?;
+                std::fs::write(&path, yaml).map_err(|source| OperatorError::Write {
+                    path: path.clone(),
+                    source,
+                })?;
+                println!("{}", path.display());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs the operator until SIGTERM or Ctrl-C.
+pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
+    let credentials = credentials(&args)?;
+    let client = kube_client(&args).await?;
+    let metrics = Arc::new(Metrics::default());
+    metrics.stale_after_ms.store(
+        (args.poll_interval.as_millis() as i64) * 3 + 60_000,
+        Ordering::Relaxed,
+    );
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|source| OperatorError::Listen {
+            addr: args.listen,
+            source,
+        })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| OperatorError::Listen {
+            addr: args.listen,
+            source,
+        })?;
+    // The tests read the bound address from stdout.
+    println!("listening {addr}");
+    let router = health::router(metrics.clone());
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, router).await {
+            tracing::error!(%error, "health listener stopped");
+        }
+    });
+
+    let mut reconciler = Reconciler {
+        client,
+        appliance: Appliance::new(args.appliance.clone(), credentials),
+        metrics: metrics.clone(),
+    };
+    let mut backoff = Duration::from_millis(500);
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|source| OperatorError::Listen {
+        addr: args.listen,
+        source,
+    })?;
+    tracing::info!(appliance = %args.appliance, poll = ?args.poll_interval, "operator started");
+    loop {
+        let wait = match reconciler.pass(chrono::Utc::now()).await {
+            Ok(()) => {
+                metrics.passes.fetch_add(1, Ordering::Relaxed);
+                metrics
+                    .last_success_ms
+                    .store(chrono::Utc::now().timestamp_millis(), Ordering::Relaxed);
+                backoff = Duration::from_millis(500);
+                args.poll_interval
+            }
+            Err(error) => {
+                metrics.pass_errors.fetch_add(1, Ordering::Relaxed);
+                reconciler.appliance.reset();
+                tracing::warn!(%error, retry_in = ?backoff, "reconcile pass failed");
+                let wait = backoff.min(args.poll_interval);
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+                wait
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = terminate.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    tracing::info!("operator stopped");
+    Ok(())
+}

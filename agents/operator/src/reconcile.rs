@@ -1,0 +1,845 @@
+//! The reconcile loop. Every pass is idempotent and starts from what is true now:
+//! 1. the latest analysis run's workload recommendations are read from the appliance and
+//!    server-side applied as `WorkloadRecommendation`s (field manager `tally-operator`);
+//! 2. every `Policy` is checked ([`crate::policy::validate`]) and its status written;
+//! 3. every `WorkloadRecommendation` is reconciled: the policies are evaluated again right
+//!    before anything changes. No covering policy: the workload is never touched.
+//!    Audit-only: the recommendation is shown, never applied. Auto-apply inside a time
+//!    window: the container requests/limits are patched within the policy's bounds and
+//!    maximum step, the previous `resources` kept in the status first. Deleting the
+//!    recommendation (finalizer) or rejecting it after it was applied restores the
+//!    previous `resources` exactly.
+//!
+//! Each decision is appended once to the appliance's `actions` table.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{DynamicObject, ListParams, Patch, PatchParams};
+use kube::core::ApiResource;
+use kube::{Api, Client, ResourceExt};
+use serde_json::{Value, json};
+
+use crate::appliance::{ActionRow, Appliance, WorkloadRow};
+use crate::crd::{
+    Approval, FIELD_MANAGER, FINALIZER, Mode, Phase, Policy, PolicyStatus, PreviousResources,
+    ReplicasRecommendation, Resources, TargetRef, WorkloadKind, WorkloadRecommendation,
+    WorkloadRecommendationSpec, WorkloadRecommendationStatus,
+};
+use crate::health::Metrics;
+use crate::policy::{self, Bounds, Subject};
+use crate::quantity;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error(transparent)]
+    Appliance(#[from] crate::appliance::ApplianceError),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// What one pass needs.
+pub struct Reconciler {
+    pub client: Client,
+    pub appliance: Appliance,
+    pub metrics: Arc<Metrics>,
+}
+
+/// The name of a workload's recommendation: `deployment-web`.
+pub fn recommendation_name(kind: WorkloadKind, name: &str) -> String {
+    format!("{}-{name}", kind.as_str().to_ascii_lowercase())
+}
+
+fn workload_resource(kind: WorkloadKind) -> ApiResource {
+    ApiResource {
+        group: "apps".into(),
+        version: "v1".into(),
+        api_version: "apps/v1".into(),
+        kind: kind.as_str().into(),
+        plural: kind.plural().into(),
+    }
+}
+
+fn spec_of(row: &WorkloadRow) -> WorkloadRecommendationSpec {
+    WorkloadRecommendationSpec {
+        target: TargetRef {
+            kind: row.kind,
+            name: row.name.clone(),
+        },
+        run_id: row.run_id.clone(),
+        containers: row.containers.clone(),
+        replicas: row
+            .replicas
+            .map(|(current, recommended)| ReplicasRecommendation {
+                current,
+                recommended,
+            }),
+        hpa: row.hpa.clone(),
+        confidence: row.confidence.clamp(0.0, 1.0),
+        why: row.why.clone(),
+        savings_monthly_usd: row.savings_monthly_usd,
+        approval: None,
+    }
+}
+
+/// A policy with its checks done.
+struct Checked {
+    name: String,
+    policy: Policy,
+    valid: bool,
+}
+
+/// The `resources` of each container of a workload's pod template, by name, with its index.
+fn template_containers(workload: &DynamicObject) -> Vec<(usize, String, Option<Value>)> {
+    workload.data["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .map(|containers| {
+            containers
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    (
+                        i,
+                        c["name"].as_str().unwrap_or_default().to_string(),
+                        c.get("resources").cloned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn read_resources(resources: Option<&Value>) -> Resources {
+    let q = |section: &str, name: &str| {
+        resources
+            .and_then(|r| r[section][name].as_str())
+            .and_then(|t| quantity::parse(t).ok())
+    };
+    Resources {
+        cpu_request_cores: q("requests", "cpu"),
+        cpu_limit_cores: q("limits", "cpu"),
+        memory_request_bytes: q("requests", "memory").map(|v| v.round() as i64),
+        memory_limit_bytes: q("limits", "memory").map(|v| v.round() as i64),
+    }
+}
+
+/// The container's `resources` object with the planned values written in (other keys, such
+/// as ephemeral-storage, kept).
+fn write_resources(old: Option<&Value>, planned: &Resources) -> Value {
+    let mut out = old.cloned().unwrap_or_else(|| json!({}));
+    if !out.is_object() {
+        out = json!({});
+    }
+    let mut set = |section: &str, name: &str, value: Option<String>| {
+        if let Some(value) = value {
+            let obj = out.as_object_mut().expect("object");
+            let entry = obj.entry(section).or_insert_with(|| json!({}));
+            if !entry.is_object() {
+                *entry = json!({});
+            }
+            entry[name] = Value::String(value);
+        }
+    };
+    set(
+        "requests",
+        "cpu",
+        planned.cpu_request_cores.map(quantity::cpu),
+    );
+    set("limits", "cpu", planned.cpu_limit_cores.map(quantity::cpu));
+    set(
+        "requests",
+        "memory",
+        planned.memory_request_bytes.map(quantity::memory),
+    );
+    set(
+        "limits",
+        "memory",
+        planned.memory_limit_bytes.map(quantity::memory),
+    );
+    out
+}
+
+/// Whether two `resources` objects mean the same (quantities compared by value).
+fn same_resources(a: Option<&Value>, b: Option<&Value>) -> bool {
+    read_resources(a) == read_resources(b)
+}
+
+/// An RFC 6902 patch setting each container's `resources` (by index, guarded by a test of
+/// the container's name so a reordered template fails instead of changing the wrong one).
+fn resources_patch(
+    changes: &[(usize, String, Option<Value>)],
+) -> Result<json_patch::Patch, ReconcileError> {
+    let mut ops = Vec::new();
+    for (index, name, resources) in changes {
+        let base = format!("/spec/template/spec/containers/{index}");
+        ops.push(json!({"op": "test", "path": format!("{base}/name"), "value": name}));
+        match resources {
+            Some(value) => {
+                ops.push(json!({"op": "add", "path": format!("{base}/resources"), "value": value}))
+            }
+            None => ops.push(json!({"op": "remove", "path": format!("{base}/resources")})),
+        }
+    }
+    serde_json::from_value(Value::Array(ops)).map_err(|e| ReconcileError::Other(e.to_string()))
+}
+
+/// The outcome of one recommendation's reconcile: its new status and the action to log
+/// (once per key).
+struct Outcome {
+    status: WorkloadRecommendationStatus,
+    action: Option<(String, ActionRow)>,
+}
+
+impl Reconciler {
+    /// One full pass. Errors of one object are logged and counted; the pass goes on.
+    pub async fn pass(&mut self, now: DateTime<Utc>) -> Result<(), ReconcileError> {
+        let rows = self.appliance.latest_recommendations().await?;
+        let dismissed: HashSet<String> = match rows.first() {
+            Some(row) => self
+                .appliance
+                .dismissed(&row.run_id)
+                .await?
+                .into_iter()
+                .collect(),
+            None => HashSet::new(),
+        };
+        self.metrics
+            .recommendations
+            .store(rows.len() as u64, Ordering::Relaxed);
+        let all: Api<WorkloadRecommendation> = Api::all(self.client.clone());
+        let existing: HashMap<(String, String), WorkloadRecommendation> = all
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .map(|w| ((w.namespace().unwrap_or_default(), w.name_any()), w))
+            .collect();
+        for row in &rows {
+            if dismissed.contains(&row.id()) {
+                continue;
+            }
+            let name = recommendation_name(row.kind, &row.name);
+            let spec = spec_of(row);
+            if let Some(current) = existing.get(&(row.namespace.clone(), name.clone())) {
+                let mut theirs = current.spec.clone();
+                theirs.approval = None;
+                if theirs == spec
+                    && current.finalizers().iter().any(|f| f == FINALIZER)
+                    && current.metadata.deletion_timestamp.is_none()
+                {
+                    continue;
+                }
+                if current.metadata.deletion_timestamp.is_some() {
+                    continue;
+                }
+            }
+            let api: Api<WorkloadRecommendation> =
+                Api::namespaced(self.client.clone(), &row.namespace);
+            let apply = json!({
+                "apiVersion": "tally.dev/v1alpha1",
+                "kind": "WorkloadRecommendation",
+                "metadata": {
+                    "name": name,
+                    "namespace": row.namespace,
+                    "labels": {
+                        "app.kubernetes.io/managed-by": "tally-operator",
+                        "tally.dev/target-kind": row.kind.as_str(),
+                        "tally.dev/target-name": row.name,
+                    },
+                    "finalizers": [FINALIZER],
+                },
+                "spec": spec,
+            });
+            if let Err(error) = api
+                .patch(
+                    &name,
+                    &PatchParams::apply(FIELD_MANAGER).force(),
+                    &Patch::Apply(&apply),
+                )
+                .await
+            {
+                self.metrics.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(namespace = %row.namespace, %name, %error, "cannot apply the recommendation");
+            }
+        }
+
+        let policies = self.check_policies().await?;
+        let mut namespace_labels: HashMap<String, BTreeMap<String, String>> = HashMap::new();
+        for wr in all.list(&ListParams::default()).await?.items {
+            let ns = wr.namespace().unwrap_or_default();
+            let name = wr.name_any();
+            let needs_labels = policies
+                .iter()
+                .any(|p| p.valid && p.policy.spec.namespace_selector.is_some());
+            if needs_labels && !namespace_labels.contains_key(&ns) {
+                let labels = Api::<Namespace>::all(self.client.clone())
+                    .get(&ns)
+                    .await
+                    .map(|n| n.labels().clone())
+                    .unwrap_or_default();
+                namespace_labels.insert(ns.clone(), labels);
+            }
+            let empty = BTreeMap::new();
+            let labels = namespace_labels.get(&ns).unwrap_or(&empty);
+            if let Err(error) = self.reconcile(&wr, &policies, labels, now).await {
+                self.metrics.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(namespace = %ns, %name, %error, "reconcile failed; retried next pass");
+            }
+        }
+        Ok(())
+    }
+
+    async fn check_policies(&mut self) -> Result<Vec<Checked>, ReconcileError> {
+        let api: Api<Policy> = Api::all(self.client.clone());
+        let mut out = Vec::new();
+        let (mut valid, mut invalid) = (0u64, 0u64);
+        for policy in api.list(&ListParams::default()).await?.items {
+            let errors = policy::validate(&policy.spec);
+            let status = PolicyStatus {
+                valid: errors.is_empty(),
+                errors,
+                observed_generation: policy.metadata.generation,
+            };
+            if policy.status.as_ref() != Some(&status) {
+                if !status.valid {
+                    tracing::warn!(policy = %policy.name_any(), errors = ?status.errors, "invalid policy: it covers nothing");
+                }
+                let patch = json!({"status": status});
+                if let Err(error) = api
+                    .patch_status(
+                        &policy.name_any(),
+                        &PatchParams::default(),
+                        &Patch::Merge(&patch),
+                    )
+                    .await
+                {
+                    tracing::warn!(policy = %policy.name_any(), %error, "cannot write the policy's status");
+                }
+            }
+            if status.valid {
+                valid += 1;
+            } else {
+                invalid += 1;
+            }
+            out.push(Checked {
+                name: policy.name_any(),
+                valid: status.valid,
+                policy,
+            });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        self.metrics.policies_valid.store(valid, Ordering::Relaxed);
+        self.metrics
+            .policies_invalid
+            .store(invalid, Ordering::Relaxed);
+        Ok(out)
+    }
+
+    fn action(
+        wr: &WorkloadRecommendation,
+        operation: &str,
+        actor: String,
+        policy: Option<&str>,
+        result: &str,
+        message: &str,
+    ) -> ActionRow {
+        ActionRow {
+            recommendation_id: Some(format!(
+                "{}/{}/{}/{}",
+                wr.spec.run_id,
+                wr.namespace().unwrap_or_default(),
+                wr.spec.target.kind.as_str(),
+                wr.spec.target.name
+            )),
+            operation: operation.into(),
+            namespace: wr.namespace().unwrap_or_default(),
+            target_kind: wr.spec.target.kind.as_str().into(),
+            target_name: wr.spec.target.name.clone(),
+            actor,
+            policy: policy.map(str::to_string),
+            before: None,
+            after: None,
+            result: result.into(),
+            message: Some(message.into()),
+        }
+    }
+
+    async fn reconcile(
+        &mut self,
+        wr: &WorkloadRecommendation,
+        policies: &[Checked],
+        namespace_labels: &BTreeMap<String, String>,
+        now: DateTime<Utc>,
+    ) -> Result<(), ReconcileError> {
+        let ns = wr.namespace().unwrap_or_default();
+        let api: Api<WorkloadRecommendation> = Api::namespaced(self.client.clone(), &ns);
+        let old = wr.status.clone().unwrap_or_default();
+
+        if wr.metadata.deletion_timestamp.is_some() {
+            if !wr.finalizers().iter().any(|f| f == FINALIZER) {
+                return Ok(());
+            }
+            let mut actions = Vec::new();
+            if old.phase == Phase::Applied && !old.previous.is_empty() {
+                actions.push(
+                    self.rollback(wr, &old, "user (deleted the WorkloadRecommendation)")
+                        .await?,
+                );
+            }
+            actions.push(Self::action(
+                wr,
+                "dismiss",
+                "user (deleted the WorkloadRecommendation)".into(),
+                old.policy.as_deref(),
+                "deleted",
+                "the recommendation was deleted; it is not created again for this analysis run",
+            ));
+            // Logged before the finalizer goes: the audit log is what keeps it dismissed.
+            self.appliance.log(&actions).await?;
+            self.count(&actions);
+            let finalizers: Vec<String> = wr
+                .finalizers()
+                .iter()
+                .filter(|f| *f != FINALIZER)
+                .cloned()
+                .collect();
+            let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": wr.resource_version()}});
+            api.patch(
+                &wr.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await?;
+            return Ok(());
+        }
+
+        let outcome = self
+            .decide(wr, &old, policies, namespace_labels, now)
+            .await?;
+        let mut status = outcome.status;
+        if let Some((key, action)) = outcome.action
+            && old.last_logged.as_deref() != Some(key.as_str())
+        {
+            match self.appliance.log(std::slice::from_ref(&action)).await {
+                Ok(()) => {
+                    self.count(std::slice::from_ref(&action));
+                    status.last_logged = Some(key);
+                }
+                Err(error) => {
+                    self.metrics.errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%error, "cannot log the action; retried next pass");
+                }
+            }
+        } else {
+            status.last_logged = old.last_logged.clone();
+        }
+        if wr.status.as_ref() != Some(&status) {
+            self.write_status(&api, wr, &status).await?;
+        }
+        Ok(())
+    }
+
+    fn count(&self, actions: &[ActionRow]) {
+        for a in actions {
+            self.metrics.action(&a.operation, &a.result);
+        }
+    }
+
+    async fn write_status(
+        &self,
+        api: &Api<WorkloadRecommendation>,
+        wr: &WorkloadRecommendation,
+        status: &WorkloadRecommendationStatus,
+    ) -> Result<(), ReconcileError> {
+        // The whole status replaced, so cleared fields really go.
+        let patch: json_patch::Patch = serde_json::from_value(json!([
+            {"op": "add", "path": "/status", "value": status}
+        ]))
+        .map_err(|e| ReconcileError::Other(e.to_string()))?;
+        api.patch_status(
+            &wr.name_any(),
+            &PatchParams::default(),
+            &Patch::<()>::Json(patch),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Decides, and applies or rolls back when the decision says so.
+    async fn decide(
+        &mut self,
+        wr: &WorkloadRecommendation,
+        old: &WorkloadRecommendationStatus,
+        policies: &[Checked],
+        namespace_labels: &BTreeMap<String, String>,
+        now: DateTime<Utc>,
+    ) -> Result<Outcome, ReconcileError> {
+        let ns = wr.namespace().unwrap_or_default();
+        let run = wr.spec.run_id.clone();
+        let keep = |phase: Phase, message: String, policy: Option<String>| {
+            let mut s = old.clone();
+            s.phase = phase;
+            s.message = Some(message);
+            s.policy = policy;
+            s
+        };
+
+        if wr.spec.approval == Some(Approval::Rejected) {
+            if old.phase == Phase::Applied && !old.previous.is_empty() {
+                let action = self
+                    .rollback(wr, old, "user (rejected the recommendation)")
+                    .await?;
+                let status = WorkloadRecommendationStatus {
+                    phase: Phase::RolledBack,
+                    message: Some(
+                        "rejected after it was applied: the previous resources are restored".into(),
+                    ),
+                    policy: old.policy.clone(),
+                    applied_run_id: None,
+                    previous: Vec::new(),
+                    applied: BTreeMap::new(),
+                    last_logged: None,
+                };
+                return Ok(Outcome {
+                    status,
+                    action: Some((format!("{run}:rollback"), action)),
+                });
+            }
+            if matches!(old.phase, Phase::RolledBack | Phase::Rejected) {
+                return Ok(Outcome {
+                    status: old.clone(),
+                    action: None,
+                });
+            }
+            let message = "rejected: it is never applied".to_string();
+            let action = Self::action(wr, "reject", "user".into(), None, "skipped", &message);
+            return Ok(Outcome {
+                status: keep(Phase::Rejected, message, None),
+                action: Some((format!("{run}:reject"), action)),
+            });
+        }
+
+        let kind = wr.spec.target.kind;
+        let workloads: Api<DynamicObject> =
+            Api::namespaced_with(self.client.clone(), &ns, &workload_resource(kind));
+        let Some(workload) = workloads.get_opt(&wr.spec.target.name).await? else {
+            let message = format!("{} {} does not exist", kind.as_str(), wr.spec.target.name);
+            return Ok(Outcome {
+                status: keep(Phase::Pending, message, None),
+                action: None,
+            });
+        };
+
+        let subject = Subject {
+            namespace: &ns,
+            namespace_labels,
+            kind,
+            name: &wr.spec.target.name,
+            labels: workload.labels(),
+        };
+        let covering: Vec<&Checked> = policies
+            .iter()
+            .filter(|p| p.valid && policy::covers(&p.policy.spec, &subject))
+            .collect();
+        let target = format!("{} {}", kind.as_str(), wr.spec.target.name);
+
+        let Some(first) = covering.first() else {
+            if old.phase == Phase::Applied {
+                let message =
+                    "applied earlier; no Policy covers the workload now, so it is left as it is"
+                        .to_string();
+                return Ok(Outcome {
+                    status: keep(Phase::Applied, message, None),
+                    action: None,
+                });
+            }
+            let message = "no Policy covers this workload: it is never changed".to_string();
+            let action = Self::action(
+                wr,
+                "skip",
+                "tally-operator".into(),
+                None,
+                "skipped",
+                &message,
+            );
+            return Ok(Outcome {
+                status: keep(Phase::Pending, message, None),
+                action: Some((format!("{run}:uncovered"), action)),
+            });
+        };
+        // Audit-only wins: when any covering policy only audits, nothing is written.
+        if let Some(audit) = covering
+            .iter()
+            .find(|p| p.policy.spec.mode == Mode::AuditOnly)
+        {
+            let phase = if old.phase == Phase::Applied {
+                Phase::Applied
+            } else {
+                Phase::Pending
+            };
+            let message = format!(
+                "policy {} is audit-only: the recommendation is shown, never applied",
+                audit.name
+            );
+            let action = Self::action(
+                wr,
+                "audit",
+                format!("policy/{}", audit.name),
+                Some(&audit.name),
+                "skipped",
+                &message,
+            );
+            return Ok(Outcome {
+                status: keep(phase, message, Some(audit.name.clone())),
+                action: Some((format!("{run}:audit:{}", audit.name), action)),
+            });
+        }
+        let chosen = first;
+        let spec = &chosen.policy.spec;
+        let actor = format!("policy/{} (auto-apply)", chosen.name);
+
+        if old.phase == Phase::Applied && old.applied_run_id.as_deref() == Some(run.as_str()) {
+            return Ok(Outcome {
+                status: old.clone(),
+                action: None,
+            });
+        }
+        if spec.apply_method == crate::crd::ApplyMethod::Webhook {
+            let message = format!(
+                "policy {} applies at pod creation through the admission webhook, which this operator does not run yet: nothing is changed",
+                chosen.name
+            );
+            let action = Self::action(wr, "defer", actor, Some(&chosen.name), "skipped", &message);
+            return Ok(Outcome {
+                status: keep(Phase::Approved, message, Some(chosen.name.clone())),
+                action: Some((format!("{run}:webhook:{}", chosen.name), action)),
+            });
+        }
+        if !policy::in_window(&spec.windows, now) {
+            let message = format!(
+                "approved by policy {}; waiting for its time window",
+                chosen.name
+            );
+            let action = Self::action(wr, "defer", actor, Some(&chosen.name), "deferred", &message);
+            return Ok(Outcome {
+                status: keep(Phase::Approved, message, Some(chosen.name.clone())),
+                action: Some((format!("{run}:window:{}", chosen.name), action)),
+            });
+        }
+
+        // Inside the window: plan every container the recommendation names.
+        let bounds = Bounds::of(spec);
+        let containers = template_containers(&workload);
+        let mut changes = Vec::new();
+        let mut applied = BTreeMap::new();
+        let (mut before, mut after) = (serde_json::Map::new(), serde_json::Map::new());
+        for rec in &wr.spec.containers {
+            let Some((index, name, resources)) = containers.iter().find(|(_, n, _)| *n == rec.name)
+            else {
+                continue;
+            };
+            let current = read_resources(resources.as_ref());
+            let planned = policy::plan(&current, &rec.recommended, &bounds);
+            let new = write_resources(resources.as_ref(), &planned);
+            applied.insert(name.clone(), planned);
+            if !same_resources(resources.as_ref(), Some(&new)) {
+                before.insert(name.clone(), resources.clone().unwrap_or(Value::Null));
+                after.insert(name.clone(), new.clone());
+                changes.push((*index, name.clone(), Some(new)));
+            }
+        }
+        let mut status = old.clone();
+        status.policy = Some(chosen.name.clone());
+        if changes.is_empty() {
+            status.phase = Phase::Applied;
+            status.applied_run_id = Some(run.clone());
+            status.applied = applied;
+            status.message = Some(format!(
+                "{target} already has the values policy {} allows",
+                chosen.name
+            ));
+            let action = Self::action(
+                wr,
+                "apply",
+                actor,
+                Some(&chosen.name),
+                "unchanged",
+                status.message.as_deref().unwrap_or_default(),
+            );
+            return Ok(Outcome {
+                status,
+                action: Some((format!("{run}:apply"), action)),
+            });
+        }
+        // The previous resources are kept (in the status) before the workload changes; only
+        // the state before the operator's first change, so a rollback restores that.
+        if status.previous.is_empty() {
+            status.previous = containers
+                .iter()
+                .map(|(_, name, resources)| PreviousResources {
+                    container: name.clone(),
+                    resources_json: resources.as_ref().map(|r| r.to_string()),
+                })
+                .collect();
+            status.message = Some("applying".into());
+            let api: Api<WorkloadRecommendation> = Api::namespaced(self.client.clone(), &ns);
+            self.write_status(&api, wr, &status).await?;
+        }
+        let patch = resources_patch(&changes)?;
+        let mut action = Self::action(wr, "apply", actor, Some(&chosen.name), "applied", "");
+        action.before = Some(Value::Object(before).to_string());
+        action.after = Some(Value::Object(after).to_string());
+        match workloads
+            .patch(
+                &wr.spec.target.name,
+                &PatchParams::default(),
+                &Patch::<()>::Json(patch),
+            )
+            .await
+        {
+            Ok(_) => {
+                self.metrics.patches.fetch_add(1, Ordering::Relaxed);
+                status.phase = Phase::Applied;
+                status.applied_run_id = Some(run.clone());
+                status.applied = applied;
+                status.message = Some(format!(
+                    "applied to {target} by policy {} (a rolling update of its pods)",
+                    chosen.name
+                ));
+                action.message = status.message.clone();
+                Ok(Outcome {
+                    status,
+                    action: Some((format!("{run}:apply"), action)),
+                })
+            }
+            Err(error) => {
+                status.phase = Phase::Approved;
+                status.message = Some(format!("patching {target} failed: {error}"));
+                action.result = "failed".into();
+                action.message = status.message.clone();
+                Ok(Outcome {
+                    status,
+                    action: Some((format!("{run}:failed:{error}"), action)),
+                })
+            }
+        }
+    }
+
+    /// Restores every container's `resources` exactly as kept in the status.
+    async fn rollback(
+        &mut self,
+        wr: &WorkloadRecommendation,
+        old: &WorkloadRecommendationStatus,
+        actor: &str,
+    ) -> Result<ActionRow, ReconcileError> {
+        let ns = wr.namespace().unwrap_or_default();
+        let kind = wr.spec.target.kind;
+        let workloads: Api<DynamicObject> =
+            Api::namespaced_with(self.client.clone(), &ns, &workload_resource(kind));
+        let mut action = Self::action(
+            wr,
+            "rollback",
+            actor.into(),
+            old.policy.as_deref(),
+            "rolled-back",
+            "",
+        );
+        let Some(workload) = workloads.get_opt(&wr.spec.target.name).await? else {
+            action.result = "skipped".into();
+            action.message = Some("the workload no longer exists".into());
+            return Ok(action);
+        };
+        let containers = template_containers(&workload);
+        let (mut before, mut after) = (serde_json::Map::new(), serde_json::Map::new());
+        let mut changes = Vec::new();
+        for previous in &old.previous {
+            let Some((index, name, resources)) =
+                containers.iter().find(|(_, n, _)| *n == previous.container)
+            else {
+                continue;
+            };
+            let restored: Option<Value> = match &previous.resources_json {
+                Some(text) => Some(
+                    serde_json::from_str(text).map_err(|e| ReconcileError::Other(e.to_string()))?,
+                ),
+                None => None,
+            };
+            if resources != &restored {
+                before.insert(name.clone(), resources.clone().unwrap_or(Value::Null));
+                after.insert(name.clone(), restored.clone().unwrap_or(Value::Null));
+                changes.push((*index, name.clone(), restored));
+            }
+        }
+        action.before = Some(Value::Object(before).to_string());
+        action.after = Some(Value::Object(after).to_string());
+        if changes.is_empty() {
+            action.message = Some("the workload already has its previous resources".into());
+            return Ok(action);
+        }
+        let patch = resources_patch(&changes)?;
+        workloads
+            .patch(
+                &wr.spec.target.name,
+                &PatchParams::default(),
+                &Patch::<()>::Json(patch),
+            )
+            .await?;
+        self.metrics.rollbacks.fetch_add(1, Ordering::Relaxed);
+        action.message = Some(format!(
+            "restored the previous resources of {} {}",
+            kind.as_str(),
+            wr.spec.target.name
+        ));
+        Ok(action)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resources_are_written_in_keeping_other_keys() {
+        let old = json!({"requests": {"cpu": "1", "ephemeral-storage": "1Gi"}, "limits": {"memory": "1Gi"}});
+        let planned = Resources {
+            cpu_request_cores: Some(0.25),
+            cpu_limit_cores: None,
+            memory_request_bytes: Some(256 << 20),
+            memory_limit_bytes: None,
+        };
+        let new = write_resources(Some(&old), &planned);
+        assert_eq!(
+            new,
+            json!({"requests": {"cpu": "250m", "ephemeral-storage": "1Gi", "memory": "256Mi"}, "limits": {"memory": "1Gi"}})
+        );
+        assert!(same_resources(
+            Some(&json!({"requests": {"cpu": "0.5"}})),
+            Some(&json!({"requests": {"cpu": "500m"}}))
+        ));
+        assert!(!same_resources(Some(&old), Some(&new)));
+    }
+
+    #[test]
+    fn the_patch_tests_the_container_name_before_replacing() {
+        let patch = resources_patch(&[
+            (1, "app".into(), Some(json!({"requests": {"cpu": "1"}}))),
+            (0, "side".into(), None),
+        ])
+        .unwrap();
+        let value = serde_json::to_value(&patch).unwrap();
+        assert_eq!(
+            value,
+            json!([
+                {"op": "test", "path": "/spec/template/spec/containers/1/name", "value": "app"},
+                {"op": "add", "path": "/spec/template/spec/containers/1/resources", "value": {"requests": {"cpu": "1"}}},
+                {"op": "test", "path": "/spec/template/spec/containers/0/name", "value": "side"},
+                {"op": "remove", "path": "/spec/template/spec/containers/0/resources"},
+            ])
+        );
+    }
+}
