@@ -9,6 +9,7 @@
 //! target/release/tally-bench query --data-dir /tmp/tally-bench
 //! target/release/tally-bench analysis --containers 30000 --days 14
 //! target/release/tally-bench ui --workloads 30000
+//! target/release/tally-bench peers             # Tally vs VictoriaMetrics, Prometheus, DuckDB
 //! target/release/tally-bench all --tiny        # what the test command runs, so nothing rots
 //! ```
 
@@ -16,6 +17,7 @@ mod analysis;
 mod collector;
 mod machine;
 mod netmon;
+mod peers;
 mod report;
 mod ui;
 
@@ -131,6 +133,27 @@ enum Bench {
         #[arg(long, default_value_t = 4)]
         parallel: usize,
     },
+    /// Tally side by side with VictoriaMetrics, Prometheus and DuckDB on one dataset: load
+    /// rate, bytes per row, p95 CPU / max memory per container and cost by namespace, peak
+    /// RSS, and whether the answers agree (needs the Debian victoria-metrics and prometheus
+    /// packages and duckdb in the tests' venv).
+    Peers {
+        #[arg(long, default_value_t = 3_000)]
+        containers: usize,
+        #[arg(long, default_value_t = 24)]
+        hours: u32,
+        #[arg(long, default_value = "30")]
+        step_seconds: i64,
+        /// Scratch directory for import files and every system's data (replaced).
+        #[arg(long, default_value = "/tmp/tally-bench-peers")]
+        work_dir: PathBuf,
+        /// Keep the scratch directory afterwards.
+        #[arg(long)]
+        keep: bool,
+        /// Runs of each query.
+        #[arg(long, default_value_t = 2)]
+        repeat: usize,
+    },
     /// All of the above at a small size (`--tiny`: a few seconds, for the test suite).
     All {
         #[arg(long)]
@@ -178,6 +201,23 @@ fn main() {
             Bench::CollectorMemory { pods, parallel } => {
                 vec![collector::collector_memory(pods, parallel).await]
             }
+            Bench::Peers {
+                containers,
+                hours,
+                step_seconds,
+                work_dir,
+                keep,
+                repeat,
+            } => vec![
+                peers::peers(peers::Options {
+                    containers,
+                    hours,
+                    step_seconds,
+                    work_dir,
+                    keep,
+                    repeat,
+                })
+                .await,
             ],
             Bench::All { tiny } => {
                 let dir = std::env::temp_dir().join(format!("tally-bench-{}", std::process::id()));
@@ -198,6 +238,15 @@ fn main() {
                     ),
                     analysis::analysis(containers.min(300), days, 1_800_000, &dir).await,
                     ui::ui(if tiny { 60 } else { 3_000 }, 1, if tiny { 2 } else { 20 }).await,
+                    peers::peers(peers::Options {
+                        containers: if tiny { 60 } else { 3_000 },
+                        hours: if tiny { 2 } else { 6 },
+                        step_seconds: 30,
+                        work_dir: dir.join("peers"),
+                        keep: false,
+                        repeat: if tiny { 1 } else { 2 },
+                    })
+                    .await,
                 ];
                 let _ = std::fs::remove_dir_all(&dir);
                 out
