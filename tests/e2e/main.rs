@@ -6,6 +6,7 @@ mod demo;
 mod disk;
 mod durability;
 mod export;
+mod helm;
 mod ingest;
 mod sql_api;
 mod tls;
