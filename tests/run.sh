@@ -34,10 +34,11 @@ if [ -z "${TALLY_SKIP_INSTALL:-}" ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   fi
-  # DuckDB and pyarrow read the exported Parquet, in a virtualenv cached outside the clone.
+  # DuckDB and pyarrow read the exported Parquet, helm-python-sdk (Helm 4) renders the chart,
+  # in a virtualenv cached outside the clone.
   venv="$TALLY_CACHE/venv"
-  if ! "$venv/bin/python3" -c 'import duckdb, pyarrow' 2>/dev/null; then
-    echo "creating $venv with duckdb and pyarrow"
+  if ! "$venv/bin/python3" -c 'import duckdb, pyarrow, helm_python' 2>/dev/null; then
+    echo "creating $venv with duckdb, pyarrow and helm-python-sdk"
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q --disable-pip-version-check -r tests/requirements.txt
   fi
