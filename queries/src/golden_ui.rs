@@ -131,6 +131,7 @@ fn batch(table: Table, rows: Vec<Vec<(&str, V)>>) -> (Table, RecordBatch) {
     (table, RecordBatch::try_new(schema, columns).unwrap())
 }
 
+#[allow(clippy::too_many_arguments)] // one column each: fixtures read like a table
 fn spec(
     time: &str,
     ns: &'static str,
@@ -266,6 +267,7 @@ fn pod(
     ]
 }
 
+#[allow(clippy::too_many_arguments)] // one column each: fixtures read like a table
 fn flow(
     time: &str,
     pod: &'static str,

@@ -43,7 +43,7 @@ pub fn usd(value: Option<f64>) -> String {
     let whole = (cents / 100).to_string();
     let mut grouped = String::new();
     for (i, digit) in whole.chars().enumerate() {
-        if i > 0 && (whole.len() - i) % 3 == 0 {
+        if i > 0 && (whole.len() - i).is_multiple_of(3) {
             grouped.push(',');
         }
         grouped.push(digit);
@@ -84,27 +84,6 @@ pub fn parse_time(text: &str) -> Option<DateTime<Utc>> {
         .map(|t| t.with_timezone(&Utc))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn numbers_read_like_people_write_them() {
-        assert_eq!(cores(Some(2.5)), "2.50 cores");
-        assert_eq!(cores(Some(0.25)), "250 m");
-        assert_eq!(cores(None), "–");
-        assert_eq!(bytes(Some(512.0 * 1024.0 * 1024.0)), "512 MiB");
-        assert_eq!(bytes(Some(1.5 * 1024.0 * 1024.0 * 1024.0)), "1.50 GiB");
-        assert_eq!(bytes(Some(900.0)), "900 B");
-        assert_eq!(usd(Some(1234.5)), "$1,234.50");
-        assert_eq!(usd(Some(0.004)), "$0.00");
-        assert_eq!(usd(Some(-20.0)), "-$20.00");
-        assert_eq!(usd(Some(1_000_000.0)), "$1,000,000.00");
-        assert_eq!(percent(Some(0.421)), "42 %");
-        assert_eq!(count(30_000), "30,000");
-    }
-}
-
 /// Percent-encodes a path segment or query value (everything but unreserved characters).
 pub fn encode(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -129,5 +108,26 @@ pub fn query_string(pairs: &[(&str, &str)]) -> String {
         String::new()
     } else {
         format!("?{}", parts.join("&"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_read_like_people_write_them() {
+        assert_eq!(cores(Some(2.5)), "2.50 cores");
+        assert_eq!(cores(Some(0.25)), "250 m");
+        assert_eq!(cores(None), "–");
+        assert_eq!(bytes(Some(512.0 * 1024.0 * 1024.0)), "512 MiB");
+        assert_eq!(bytes(Some(1.5 * 1024.0 * 1024.0 * 1024.0)), "1.50 GiB");
+        assert_eq!(bytes(Some(900.0)), "900 B");
+        assert_eq!(usd(Some(1234.5)), "$1,234.50");
+        assert_eq!(usd(Some(0.004)), "$0.00");
+        assert_eq!(usd(Some(-20.0)), "-$20.00");
+        assert_eq!(usd(Some(1_000_000.0)), "$1,000,000.00");
+        assert_eq!(percent(Some(0.421)), "42 %");
+        assert_eq!(count(30_000), "30,000");
     }
 }

@@ -208,7 +208,7 @@ impl Viewer {
         &self,
         headers: &axum::http::HeaderMap,
         form_token: Option<&str>,
-    ) -> Result<(), Response> {
+    ) -> Result<(), Box<Response>> {
         let sent =
             form_token.or_else(|| headers.get(auth::CSRF_HEADER).and_then(|v| v.to_str().ok()));
         match sent {
@@ -217,11 +217,13 @@ impl Viewer {
             {
                 Ok(())
             }
-            _ => Err((
-                StatusCode::FORBIDDEN,
-                "the form's CSRF token is missing or stale: reload the page and try again",
-            )
-                .into_response()),
+            _ => Err(Box::new(
+                (
+                    StatusCode::FORBIDDEN,
+                    "the form's CSRF token is missing or stale: reload the page and try again",
+                )
+                    .into_response(),
+            )),
         }
     }
 }

@@ -228,6 +228,14 @@ async fn the_analysis_rediscovers_the_simulated_ground_truth() {
                         r.rec_cpu.unwrap() < spec.cpu_request_cores.unwrap(),
                         "over-provisioned {key:?} did not get less CPU: {r:?}"
                     );
+                    // The row carries the current requests it compared against, and a
+                    // smaller CPU request saves money.
+                    assert_eq!(r.cur_cpu, spec.cpu_request_cores, "{key:?}: {r:?}");
+                    assert_eq!(r.cur_mem, spec.memory_request_bytes, "{key:?}: {r:?}");
+                    assert!(
+                        r.savings.is_some_and(|s| s > 0.0),
+                        "over-provisioned {key:?} saves nothing: {r:?}"
+                    );
                     // Team workloads' memory is over-provisioned with their CPU (the platform's
                     // own are classified by CPU only); the 64 MiB floor aside.
                     let platform = [

@@ -24,7 +24,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the appliance: Arrow Flight ingest and Flight SQL (mutual TLS), HTTP UI and SQL API.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run the appliance on localhost fed by a built-in simulated cluster (14 days of history, then live).
     Demo(DemoArgs),
     /// Run one read-only SQL query against a running appliance and print the result.

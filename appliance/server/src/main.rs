@@ -20,7 +20,7 @@ fn main() -> ExitCode {
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Serve(args) => serve(args).await,
+            Command::Serve(args) => serve(*args).await,
             Command::Demo(args) => demo::run(args).await.map_err(|e| e.to_string()),
             Command::Sql(args) => sql(args).await,
             Command::Certs(args) => {

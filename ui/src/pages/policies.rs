@@ -215,7 +215,7 @@ pub async fn save(
     Form(values): Form<policy::Form>,
 ) -> Response {
     if let Err(refused) = viewer.check_csrf(&headers, values.get("csrf").map(String::as_str)) {
-        return refused;
+        return *refused;
     }
     if !viewer.session.permissions.admin {
         return forbidden();

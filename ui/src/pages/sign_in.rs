@@ -146,7 +146,7 @@ pub async fn sign_out(
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
     if let Err(refused) = viewer.check_csrf(&headers, form.get("csrf").map(String::as_str)) {
-        return refused;
+        return *refused;
     }
     (
         [(header::SET_COOKIE, cookie(&state, SESSION_COOKIE, "", 0))],

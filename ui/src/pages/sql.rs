@@ -277,7 +277,7 @@ pub async fn run(
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
     if let Err(refused) = viewer.check_csrf(&headers, form.get("csrf").map(String::as_str)) {
-        return refused;
+        return *refused;
     }
     let sql = form.get("sql").map(|s| s.trim()).unwrap_or("");
     if sql.is_empty() {
@@ -309,7 +309,7 @@ pub async fn download(
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
     if let Err(refused) = viewer.check_csrf(&headers, form.get("csrf").map(String::as_str)) {
-        return refused;
+        return *refused;
     }
     let sql = form
         .get("sql")

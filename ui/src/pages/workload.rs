@@ -369,11 +369,10 @@ pub async fn page(
 }
 
 /// The audit-log row of a decision.
+/// `target` is the workload's (namespace, kind, name).
 fn decision_row(
     viewer: &Viewer,
-    namespace: &str,
-    kind: &str,
-    name: &str,
+    (namespace, kind, name): (&str, &str, &str),
     approve: bool,
     run_id: Option<&str>,
     reason: &str,
@@ -413,7 +412,7 @@ pub async fn decide(
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
     if let Err(refused) = viewer.check_csrf(&headers, form.get("csrf").map(String::as_str)) {
-        return refused;
+        return *refused;
     }
     if !viewer.session.permissions.approve {
         return (
@@ -444,7 +443,13 @@ pub async fn decide(
     let action_id = format!("ui-{}", state.auth.random());
     let now_ms = (state.now)().timestamp_millis();
     let batch = decision_row(
-        &viewer, &namespace, &kind, &name, approve, run_id, &reason, &action_id, now_ms,
+        &viewer,
+        (&namespace, &kind, &name),
+        approve,
+        run_id,
+        &reason,
+        &action_id,
+        now_ms,
     );
     if let Err(error) = state.store.write(Table::Actions, batch).await {
         return (
