@@ -23,7 +23,11 @@ fn env() -> HashMap<String, String> {
         .collect()
 }
 
-fn kubectl(env: &HashMap<String, String>, args: &[&str], input: Option<&str>) -> Result<String, String> {
+fn kubectl(
+    env: &HashMap<String, String>,
+    args: &[&str],
+    input: Option<&str>,
+) -> Result<String, String> {
     let mut child = Command::new(&env["TALLY_KUBECTL"])
         .env("KUBECONFIG", &env["TALLY_ADMIN_KUBECONFIG"])
         .args(args)
@@ -33,7 +37,12 @@ fn kubectl(env: &HashMap<String, String>, args: &[&str], input: Option<&str>) ->
         .spawn()
         .map_err(|e| e.to_string())?;
     if let Some(input) = input {
-        child.stdin.take().unwrap().write_all(input.as_bytes()).map_err(|e| e.to_string())?;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .map_err(|e| e.to_string())?;
     }
     drop(child.stdin.take());
     let out = child.wait_with_output().map_err(|e| e.to_string())?;
@@ -57,7 +66,11 @@ struct Cleanup(HashMap<String, String>, String);
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        let _ = kubectl(&self.0, &["delete", "namespace", &self.1, "--wait=false"], None);
+        let _ = kubectl(
+            &self.0,
+            &["delete", "namespace", &self.1, "--wait=false"],
+            None,
+        );
     }
 }
 
@@ -66,7 +79,10 @@ pub async fn collector_memory(pods: usize, parallel: usize) -> (String, String) 
     let ns = format!("tally-bench-collector-{}", std::process::id());
     kubectl(&env, &["create", "namespace", &ns], None).expect("create namespace");
     let _cleanup = Cleanup(env.clone(), ns.clone());
-    let fake: Vec<String> = env["TALLY_FAKE_NODES"].split_whitespace().map(str::to_string).collect();
+    let fake: Vec<String> = env["TALLY_FAKE_NODES"]
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
     let image = env["TALLY_IMAGE_BUSYBOX"].clone();
 
     // Create the pods: lists of 200 pods, `parallel` kubectl processes at a time.
@@ -93,19 +109,27 @@ pub async fn collector_memory(pods: usize, parallel: usize) -> (String, String) 
     for _ in 0..parallel.max(1) {
         let queue = queue.clone();
         let env = env.clone();
-        handles.push(std::thread::spawn(move || loop {
-            let Some(list) = queue.lock().unwrap().pop() else { break };
-            if let Err(e) = kubectl(&env, &["create", "-f", "-", "-o", "name"], Some(&list)) {
-                eprintln!("kubectl create: {e}");
+        handles.push(std::thread::spawn(move || {
+            loop {
+                let Some(list) = queue.lock().unwrap().pop() else {
+                    break;
+                };
+                if let Err(e) = kubectl(&env, &["create", "-f", "-", "-o", "name"], Some(&list)) {
+                    eprintln!("kubectl create: {e}");
+                }
             }
         }));
     }
     for h in handles {
         h.join().unwrap();
     }
-    let created = kubectl(&env, &["get", "pods", "-n", &ns, "--no-headers", "-o", "name"], None)
-        .map(|o| o.lines().count())
-        .unwrap_or(0);
+    let created = kubectl(
+        &env,
+        &["get", "pods", "-n", &ns, "--no-headers", "-o", "name"],
+        None,
+    )
+    .map(|o| o.lines().count())
+    .unwrap_or(0);
     let create_seconds = creating.elapsed().as_secs_f64();
     eprintln!("created {created} pods in {create_seconds:.0} s");
 
@@ -114,7 +138,15 @@ pub async fn collector_memory(pods: usize, parallel: usize) -> (String, String) 
     let exe = std::env::current_exe().unwrap();
     let bin_dir = exe.parent().unwrap();
     let mut tally = Command::new(bin_dir.join("tally"))
-        .args(["serve", "--insecure", "--flight-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "serve",
+            "--insecure",
+            "--flight-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(&dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -129,7 +161,16 @@ pub async fn collector_memory(pods: usize, parallel: usize) -> (String, String) 
     };
     std::thread::spawn(move || for _ in lines {});
     let mut agent = Command::new(bin_dir.join("tally-agent"))
-        .args(["collector", "--insecure", "--listen", "127.0.0.1:0", "--appliance", &flight, "--kubeconfig", &env["TALLY_ADMIN_KUBECONFIG"]])
+        .args([
+            "collector",
+            "--insecure",
+            "--listen",
+            "127.0.0.1:0",
+            "--appliance",
+            &flight,
+            "--kubeconfig",
+            &env["TALLY_ADMIN_KUBECONFIG"],
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -147,7 +188,11 @@ pub async fn collector_memory(pods: usize, parallel: usize) -> (String, String) 
     let http = reqwest::Client::new();
     let mut held = 0.0;
     while syncing.elapsed() < Duration::from_secs(300) {
-        let ready = http.get(format!("{health}/readyz")).send().await.is_ok_and(|r| r.status().is_success());
+        let ready = http
+            .get(format!("{health}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
         let metrics = http.get(format!("{health}/metrics")).send().await.ok();
         let text = match metrics {
             Some(r) => r.text().await.unwrap_or_default(),

@@ -538,8 +538,7 @@ async fn kubernetes_tokens_sign_in_as_cluster_rbac_allows() {
     );
     let answer = reqwest::Client::builder()
         .add_root_certificate(
-            reqwest::Certificate::from_pem(&std::fs::read(&env["TALLY_CA_CERT"]).unwrap())
-                .unwrap(),
+            reqwest::Certificate::from_pem(&std::fs::read(&env["TALLY_CA_CERT"]).unwrap()).unwrap(),
         )
         .build()
         .unwrap()
