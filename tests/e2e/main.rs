@@ -8,6 +8,7 @@ mod durability;
 mod export;
 mod helm;
 mod ingest;
+mod operator;
 mod sql_api;
 mod tls;
 mod ui;

@@ -461,11 +461,35 @@ pub struct PolicyStatus {
 
 /// Every CRD of the operator, in the order the chart installs them.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![
+    [
         WorkloadRecommendation::crd(),
         NodeGroupRecommendation::crd(),
         Policy::crd(),
     ]
+    .into_iter()
+    .map(without_null_enum_values)
+    .collect()
+}
+
+/// An optional enum's schema lists `null` among its values (beside `nullable: true`);
+/// kubectl 1.20's client-side validation refuses a `null` there, so it is left out
+/// (`nullable` alone still allows it).
+fn without_null_enum_values(crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    fn strip(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                if let Some(serde_json::Value::Array(values)) = map.get_mut("enum") {
+                    values.retain(|v| !v.is_null());
+                }
+                map.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    let mut value = serde_json::to_value(&crd).expect("a CRD serializes");
+    strip(&mut value);
+    serde_json::from_value(value).expect("the same CRD without null enum values")
 }
 
 /// The CRDs as one multi-document YAML.
@@ -542,6 +566,14 @@ mod tests {
         );
         let required = schema["properties"]["spec"]["required"].as_array().unwrap();
         assert!(required.contains(&serde_json::json!("mode")));
+    }
+
+    #[test]
+    fn no_enum_lists_null() {
+        for crd in crds() {
+            let text = serde_json::to_string(&crd).unwrap();
+            assert!(!text.contains("null]") && !text.contains("null,"), "{text}");
+        }
     }
 
     #[test]

@@ -74,6 +74,14 @@ pub struct OperatorArgs {
     /// How often recommendations are read and every resource reconciled (e.g. 30s).
     #[arg(long, env = "TALLY_POLL_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     pub poll_interval: Duration,
+    /// Serve only these namespaces (repeatable or comma-separated; default: every
+    /// namespace). Recommendations of other namespaces are neither created nor applied.
+    #[arg(
+        long = "namespace",
+        env = "TALLY_OPERATOR_NAMESPACES",
+        value_delimiter = ','
+    )]
+    pub namespaces: Vec<String>,
     /// Address of `/healthz`, `/readyz` and `/metrics`.
     #[arg(long, env = "TALLY_OPERATOR_LISTEN", default_value = "0.0.0.0:9091")]
     pub listen: SocketAddr,
@@ -263,6 +271,8 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
         client,
         appliance: Appliance::new(args.appliance.clone(), credentials),
         metrics: metrics.clone(),
+        dismissed: Default::default(),
+        namespaces: args.namespaces.clone(),
     };
     let mut backoff = Duration::from_millis(500);
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

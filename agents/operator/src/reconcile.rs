@@ -48,6 +48,12 @@ pub struct Reconciler {
     pub client: Client,
     pub appliance: Appliance,
     pub metrics: Arc<Metrics>,
+    /// Recommendation ids this process dismissed (their CR was deleted). The audit log is
+    /// the lasting record (read every pass, so a restart keeps them dismissed); this set
+    /// covers the moment before a just-written row is visible to queries.
+    pub dismissed: HashSet<String>,
+    /// Only these namespaces (empty: every namespace).
+    pub namespaces: Vec<String>,
 }
 
 /// The name of a workload's recommendation: `deployment-web`.
@@ -211,16 +217,18 @@ impl Reconciler {
         self.metrics
             .recommendations
             .store(rows.len() as u64, Ordering::Relaxed);
-        let all: Api<WorkloadRecommendation> = Api::all(self.client.clone());
-        let existing: HashMap<(String, String), WorkloadRecommendation> = all
-            .list(&ListParams::default())
+        let rows: Vec<WorkloadRow> = rows
+            .into_iter()
+            .filter(|r| self.namespaces.is_empty() || self.namespaces.contains(&r.namespace))
+            .collect();
+        let existing: HashMap<(String, String), WorkloadRecommendation> = self
+            .list_recommendations()
             .await?
-            .items
             .into_iter()
             .map(|w| ((w.namespace().unwrap_or_default(), w.name_any()), w))
             .collect();
         for row in &rows {
-            if dismissed.contains(&row.id()) {
+            if dismissed.contains(&row.id()) || self.dismissed.contains(&row.id()) {
                 continue;
             }
             let name = recommendation_name(row.kind, &row.name);
@@ -270,7 +278,7 @@ impl Reconciler {
 
         let policies = self.check_policies().await?;
         let mut namespace_labels: HashMap<String, BTreeMap<String, String>> = HashMap::new();
-        for wr in all.list(&ListParams::default()).await?.items {
+        for wr in self.list_recommendations().await? {
             let ns = wr.namespace().unwrap_or_default();
             let name = wr.name_any();
             let needs_labels = policies
@@ -292,6 +300,20 @@ impl Reconciler {
             }
         }
         Ok(())
+    }
+
+    /// Every WorkloadRecommendation of the namespaces this operator serves.
+    async fn list_recommendations(&self) -> Result<Vec<WorkloadRecommendation>, ReconcileError> {
+        if self.namespaces.is_empty() {
+            let all: Api<WorkloadRecommendation> = Api::all(self.client.clone());
+            return Ok(all.list(&ListParams::default()).await?.items);
+        }
+        let mut out = Vec::new();
+        for ns in &self.namespaces {
+            let api: Api<WorkloadRecommendation> = Api::namespaced(self.client.clone(), ns);
+            out.extend(api.list(&ListParams::default()).await?.items);
+        }
+        Ok(out)
     }
 
     async fn check_policies(&mut self) -> Result<Vec<Checked>, ReconcileError> {
@@ -402,6 +424,9 @@ impl Reconciler {
             // Logged before the finalizer goes: the audit log is what keeps it dismissed.
             self.appliance.log(&actions).await?;
             self.count(&actions);
+            if let Some(id) = actions.last().and_then(|a| a.recommendation_id.clone()) {
+                self.dismissed.insert(id);
+            }
             let finalizers: Vec<String> = wr
                 .finalizers()
                 .iter()
