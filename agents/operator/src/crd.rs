@@ -29,6 +29,8 @@ pub const QUANTITY_PATTERN: &str =
 /// values set now, replicas and HPA settings, how sure the analysis is, why, and the
 /// projected monthly savings. The operator creates one per workload from the appliance's
 /// latest analysis run; whether it is applied is decided by the Policies.
+// One `printcolumn(...)` per column: clippy reads the repeats as duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
 #[kube(
     group = "tally.dev",
@@ -246,6 +248,8 @@ pub struct PreviousResources {
 
 /// A node group Tally would consolidate: current and target node count, the nodes to
 /// remove, and what it saves. Cluster-scoped.
+// One `printcolumn(...)` per column: clippy reads the repeats as duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
 #[kube(
     group = "tally.dev",
@@ -306,6 +310,8 @@ pub struct NodeGroupRecommendationStatus {
 
 /// Which workloads the operator may change, within which bounds, how fast and when.
 /// Nothing outside an active (valid) Policy is ever modified. Cluster-scoped.
+// One `printcolumn(...)` per column: clippy reads the repeats as duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
 #[kube(
     group = "tally.dev",
