@@ -395,3 +395,78 @@ pub fn group_rows(batches: &[RecordBatch]) -> Vec<WorkloadRow> {
     }
     out.into_values().collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Float64Array, Int64Array};
+
+    #[test]
+    fn action_rows_fit_the_wire_schema() {
+        let row = ActionRow {
+            recommendation_id: Some("run/ns/Deployment/web".into()),
+            operation: "apply".into(),
+            namespace: "ns".into(),
+            target_kind: "Deployment".into(),
+            target_name: "web".into(),
+            actor: "policy/p (auto-apply)".into(),
+            policy: Some("p".into()),
+            before: Some("{}".into()),
+            after: None,
+            result: "applied".into(),
+            message: None,
+        };
+        let batch = actions_batch(&[row.clone(), row], 1_000);
+        assert_eq!(batch.num_rows(), 2);
+        tally_wire::validate_schema(Table::Actions, &batch.schema()).expect("actions schema");
+        let ids = batch.column(1).as_string::<i32>();
+        assert_ne!(ids.value(0), ids.value(1), "each action has its own id");
+    }
+
+    #[test]
+    fn container_rows_group_into_one_recommendation_per_workload() {
+        let text = |v: Vec<Option<&str>>| Arc::new(StringArray::from(v)) as Arc<dyn Array>;
+        let f = |v: Vec<Option<f64>>| Arc::new(Float64Array::from(v)) as Arc<dyn Array>;
+        let i = |v: Vec<Option<i64>>| Arc::new(Int64Array::from(v)) as Arc<dyn Array>;
+        let batch = RecordBatch::try_from_iter(vec![
+            ("run_id", text(vec![Some("r"); 3])),
+            ("namespace", text(vec![Some("ns"); 3])),
+            (
+                "target_kind",
+                text(vec![Some("Deployment"), Some("Deployment"), Some("Job")]),
+            ),
+            (
+                "target_name",
+                text(vec![Some("web"), Some("web"), Some("batch")]),
+            ),
+            (
+                "container",
+                text(vec![Some("app"), Some("side"), Some("x")]),
+            ),
+            ("c1", f(vec![Some(1.0), Some(0.2), None])),
+            ("c2", f(vec![Some(0.5), Some(0.1), None])),
+            ("c3", f(vec![None, None, None])),
+            ("c4", f(vec![None, None, None])),
+            ("c5", i(vec![Some(100), Some(10), None])),
+            ("c6", i(vec![Some(50), None, None])),
+            ("c7", i(vec![None, None, None])),
+            ("c8", i(vec![None, None, None])),
+            ("c9", i(vec![Some(3), Some(3), None])),
+            ("c10", i(vec![Some(2), Some(2), None])),
+            ("confidence", f(vec![Some(0.9), Some(0.7), Some(1.0)])),
+            ("why", text(vec![Some("p95"), Some("p95"), Some("x")])),
+            ("savings", f(vec![Some(10.0), Some(2.5), Some(1.0)])),
+        ])
+        .unwrap();
+        let rows = group_rows(&[batch]);
+        assert_eq!(rows.len(), 1, "the Job is left out: {rows:?}");
+        let web = &rows[0];
+        assert_eq!(web.id(), "r/ns/Deployment/web");
+        assert_eq!(web.containers.len(), 2);
+        assert_eq!(web.savings_monthly_usd, 12.5);
+        assert_eq!(web.confidence, 0.7);
+        assert_eq!(web.replicas, Some((Some(3), Some(2))));
+        assert_eq!(web.containers[0].recommended.cpu_request_cores, Some(0.5));
+        assert_eq!(web.containers[1].recommended.memory_request_bytes, None);
+    }
+}
