@@ -8,6 +8,9 @@
 //! - every `--poll-interval` the latest analysis run is read from the appliance (Flight SQL
 //!   over mutual TLS, certificate from the bootstrap endpoint) and reconciled ([`reconcile`]):
 //!   policies are evaluated again before anything changes ([`policy`]);
+//!   (The design wants the appliance to push recommendations over a gRPC server stream; the
+//!   appliance does not offer one yet, so the operator polls. `--namespace` limits it to
+//!   chosen namespaces.)
 //! - every decision goes to the appliance's `actions` table ([`appliance`]);
 //! - `/healthz`, `/readyz` and `/metrics` on `--listen` ([`health`]).
 //!
