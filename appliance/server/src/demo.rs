@@ -10,7 +10,7 @@ use tally_simulator::{Cluster, SimConfig};
 use tally_wire::{IngestClient, Table};
 
 use crate::cli::DemoArgs;
-use crate::{Appliance, local_options, wait_for_signal};
+use crate::{Appliance, local_options, shutdown_signal};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
@@ -22,6 +22,8 @@ pub enum DemoError {
     Client(#[from] tally_wire::ClientError),
     #[error("the appliance refused simulated data: {0}")]
     Write(#[from] tally_wire::WriteError),
+    #[error("cannot publish the backfilled history: {0}")]
+    Flush(tally_store::StoreError),
     #[error(transparent)]
     Analysis(#[from] tally_analysis::AnalysisError),
 }
@@ -60,6 +62,10 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
     let mut options = local_options(&data_dir);
     options.http_listen = args.http_listen;
     options.flight_listen = args.flight_listen;
+    // From here on SIGINT/SIGTERM stop the demo cleanly (flushing what was acknowledged),
+    // also in the middle of the backfill.
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
     let appliance = Appliance::start(options).await?;
     println!("Tally demo: UI and SQL API at {}", appliance.http_url());
     if let Some(path) = appliance.ui.auth.one_time_path() {
@@ -86,57 +92,18 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
     };
     let cluster = Cluster::new(config);
     let mut client = IngestClient::connect(&appliance.flight_url(), None).await?;
-
     let step_ms = args.history_step.as_millis().max(1) as i64;
     let now_ms = chrono::Utc::now().timestamp_millis();
     let end_ms = now_ms - now_ms.rem_euclid(step_ms);
-    let start_ms = end_ms - i64::from(args.days) * 86_400_000;
-    send(&mut client, cluster.snapshot_batches(start_ms)).await?;
-
-    let hours = (end_ms - start_ms) / 3_600_000;
-    let progress = ProgressBar::new(hours as u64).with_style(
-        ProgressStyle::with_template("  backfilling {bar:40} {pos}/{len} hours of history, {msg}")
-            .expect("template"),
-    );
-    let started = Instant::now();
-    let mut rows = 0u64;
-    let mut from = start_ms;
-    while from < end_ms {
-        let to = (from + 6 * 3_600_000).min(end_ms);
-        let batches: Vec<_> = cluster.samples(from, to, step_ms, 65_536).collect();
-        rows += send(&mut client, batches).await?;
-        progress.set_position(((to - start_ms) / 3_600_000) as u64);
-        progress.set_message(format!(
-            "{rows} rows, {:.0} rows/s",
-            rows as f64 / started.elapsed().as_secs_f64().max(1e-3)
-        ));
-        from = to;
+    let backfill = backfill(&appliance, &cluster, &mut client, &args, end_ms);
+    tokio::select! {
+        done = backfill => done?,
+        _ = &mut stop => {
+            println!("  stopping: flushing buffered rows");
+            appliance.shutdown().await?;
+            return Ok(());
+        }
     }
-    progress.finish();
-    send(&mut client, cluster.snapshot_batches(end_ms)).await?;
-    println!(
-        "  loaded {} day{} of history for {} containers: {rows} rows in {:.1} s",
-        args.days,
-        if args.days == 1 { "" } else { "s" },
-        cluster.container_count(),
-        started.elapsed().as_secs_f64()
-    );
-    // Recommendations for the history just loaded, so the UI has them at once.
-    appliance.analyzer.seed_catalog().await?;
-    let analysed = chrono::DateTime::from_timestamp_millis(end_ms).unwrap_or_else(chrono::Utc::now);
-    let summary = appliance.analyzer.run(analysed).await?;
-    println!(
-        "  analysed in {:.1} s: {} recommendations, {} node(s) can go, savings per month: {}",
-        summary.seconds,
-        summary.recommendations.values().sum::<usize>(),
-        summary.nodes_removable,
-        summary
-            .savings_monthly_usd
-            .iter()
-            .map(|(kind, usd)| format!("{kind} ${usd:.0}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
 
     if args.exit_after_backfill {
         appliance.shutdown().await?;
@@ -144,7 +111,7 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
     }
     if args.no_live {
         println!("  not streaming live (--no-live); press Ctrl-C to stop");
-        wait_for_signal().await;
+        stop.await;
         appliance.shutdown().await?;
         return Ok(());
     }
@@ -154,8 +121,6 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
     );
     let live_ms = args.live_step.as_millis().max(1) as i64;
     let mut last = end_ms;
-    let stop = wait_for_signal();
-    tokio::pin!(stop);
     loop {
         tokio::select! {
             _ = &mut stop => break,
@@ -186,4 +151,69 @@ impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// Backfills `args.days` of history up to `end_ms` through the ingest path (with a progress
+/// bar), publishes it, and runs the analyses over it.
+async fn backfill(
+    appliance: &Appliance,
+    cluster: &Cluster,
+    client: &mut IngestClient,
+    args: &DemoArgs,
+    end_ms: i64,
+) -> Result<(), DemoError> {
+    let step_ms = args.history_step.as_millis().max(1) as i64;
+
+    let start_ms = end_ms - i64::from(args.days) * 86_400_000;
+    send(client, cluster.snapshot_batches(start_ms)).await?;
+
+    let hours = (end_ms - start_ms) / 3_600_000;
+    let progress = ProgressBar::new(hours as u64).with_style(
+        ProgressStyle::with_template("  backfilling {bar:40} {pos}/{len} hours of history, {msg}")
+            .expect("template"),
+    );
+    let started = Instant::now();
+    let mut rows = 0u64;
+    let mut from = start_ms;
+    while from < end_ms {
+        let to = (from + 6 * 3_600_000).min(end_ms);
+        let batches: Vec<_> = cluster.samples(from, to, step_ms, 65_536).collect();
+        rows += send(client, batches).await?;
+        progress.set_position(((to - start_ms) / 3_600_000) as u64);
+        progress.set_message(format!(
+            "{rows} rows, {:.0} rows/s",
+            rows as f64 / started.elapsed().as_secs_f64().max(1e-3)
+        ));
+        from = to;
+    }
+    progress.finish();
+    send(client, cluster.snapshot_batches(end_ms)).await?;
+    println!(
+        "  loaded {} day{} of history for {} containers: {rows} rows in {:.1} s",
+        args.days,
+        if args.days == 1 { "" } else { "s" },
+        cluster.container_count(),
+        started.elapsed().as_secs_f64()
+    );
+    // Publish the history as Parquet with its hourly rollups now, so the analysis and the
+    // UI's charts (which read rollups) see all of it at once rather than after the next
+    // periodic flush.
+    appliance.store.flush().await.map_err(DemoError::Flush)?;
+    // Recommendations for the history just loaded, so the UI has them at once.
+    appliance.analyzer.seed_catalog().await?;
+    let analysed = chrono::DateTime::from_timestamp_millis(end_ms).unwrap_or_else(chrono::Utc::now);
+    let summary = appliance.analyzer.run(analysed).await?;
+    println!(
+        "  analysed in {:.1} s: {} recommendations, {} node(s) can go, savings per month: {}",
+        summary.seconds,
+        summary.recommendations.values().sum::<usize>(),
+        summary.nodes_removable,
+        summary
+            .savings_monthly_usd
+            .iter()
+            .map(|(kind, usd)| format!("{kind} ${usd:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(())
 }

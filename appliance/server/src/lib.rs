@@ -205,10 +205,19 @@ pub fn local_options(data_dir: impl Into<PathBuf>) -> ApplianceOptions {
 
 /// Resolves on Ctrl-C or SIGTERM.
 pub async fn wait_for_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("signal handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    shutdown_signal().await
+}
+
+/// Registers the SIGINT and SIGTERM handlers now (so a signal that arrives before anyone
+/// awaits is not lost, nor kills the process) and resolves on the first of them.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut interrupt = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = term.recv() => {}
+        }
     }
 }
