@@ -264,6 +264,21 @@ fn every_variant_renders_what_its_values_say() {
             .all(|o| o["kind"] != "MutatingWebhookConfiguration")
     );
 
+    // NOTES.txt tells the user how to reach the UI and sign in.
+    let rendered: Value =
+        serde_json::from_str(&chart_py(&["render", "--json"]).expect("render")).expect("JSON");
+    let notes = rendered["notes"].as_str().expect("NOTES.txt rendered");
+    for needle in [
+        "kubectl -n tally port-forward svc/tally-appliance 8080:8080",
+        "Sign in with a Kubernetes token",
+        "tally-netmon-tls",
+    ] {
+        assert!(
+            notes.contains(needle),
+            "NOTES.txt lacks `{needle}`:\n{notes}"
+        );
+    }
+
     // Security, every variant: read-only root, no escalation, seccomp, dropped capabilities,
     // non-root except netmon (capabilities need root in a container), limits on memory.
     for variant in VARIANTS {
