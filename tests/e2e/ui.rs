@@ -72,7 +72,8 @@ fn start_demo() -> Demo {
         {
             sign_in = Some(rest.trim().to_string());
         }
-        if line.trim_start().starts_with("loaded ") {
+        // The history is published and analysed: every page has something to show.
+        if line.trim_start().starts_with("analysed in ") {
             break;
         }
     }
