@@ -98,6 +98,7 @@ const VARIANTS: &[Variant] = &[
             "auth.viewers.groups={finops}",
             "auth.admins.users={alice}",
             "collector.dcgmEndpoints={http://dcgm.gpu:9400/metrics}",
+            "operator.namespaces={shop,search}",
         ],
     },
 ];
@@ -439,6 +440,12 @@ fn every_variant_renders_what_its_values_say() {
     assert!(
         args.contains(&"--retention=dns_lookups=2d".to_string()),
         "{args:?}"
+    );
+    let operator_args =
+        args_of(&get(&rest, "Deployment", "tally-operator")["spec"]["template"]["spec"]);
+    assert!(
+        operator_args.contains(&"--namespace=shop,search".to_string()),
+        "{operator_args:?}"
     );
     get(&rest, "MutatingWebhookConfiguration", "tally-operator");
     get(&rest, "Service", "tally-operator-webhook");
