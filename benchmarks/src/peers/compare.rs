@@ -1,7 +1,7 @@
 //! Do the systems give the same answers? Each system's per-container p95 CPU and max memory,
 //! and its cost by namespace, against a reference (DuckDB's exact `quantile_cont`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// (namespace, pod, container)
 pub type Key = (String, String, String);
@@ -27,25 +27,34 @@ pub struct Agreement {
     /// Containers the reference has and this system lacks, and the other way round.
     pub missing: usize,
     pub extra: usize,
-    /// Containers whose p95 CPU is off by more than the tolerance.
+    /// Containers whose p95 CPU is off by more than the tolerance, and how many of them ran
+    /// long (are not in the `short` set given).
     pub cpu_outside: usize,
+    pub cpu_outside_long: usize,
     /// Signed relative difference of p95 CPU (system − reference) / reference: lowest, highest.
     pub cpu_low: f64,
     pub cpu_high: f64,
-    /// The container with the largest |difference|: key, this system's value, the reference.
-    pub cpu_worst: Option<(Key, f64, f64)>,
+    /// The container furthest off in multiples of its tolerance: key, this system's value,
+    /// the reference, the multiple.
+    pub cpu_worst: Option<(Key, f64, f64, f64)>,
     pub memory_outside: usize,
     pub memory_worst: f64,
 }
 
 /// p95 CPU agrees when |system − reference| ≤ `cpu_tolerance.0` × reference +
 /// `cpu_tolerance.1` (cores); maxima must be equal.
-pub fn usage(reference: &Answers, other: &Answers, cpu_tolerance: (f64, f64)) -> Agreement {
+pub fn usage(
+    reference: &Answers,
+    other: &Answers,
+    cpu_tolerance: (f64, f64),
+    short: &HashSet<Key>,
+) -> Agreement {
     let mut a = Agreement {
         compared: 0,
         missing: 0,
         extra: other.keys().filter(|k| !reference.contains_key(*k)).count(),
         cpu_outside: 0,
+        cpu_outside_long: 0,
         cpu_low: 0.0,
         cpu_high: 0.0,
         cpu_worst: None,
@@ -66,10 +75,13 @@ pub fn usage(reference: &Answers, other: &Answers, cpu_tolerance: (f64, f64)) ->
         let off = (got.cpu_p95 - want.cpu_p95).abs();
         if off.is_nan() || off > allowed {
             a.cpu_outside += 1;
+            if !short.contains(key) {
+                a.cpu_outside_long += 1;
+            }
         }
-        if cpu.abs() > worst {
-            worst = cpu.abs();
-            a.cpu_worst = Some((key.clone(), got.cpu_p95, want.cpu_p95));
+        if off / allowed > worst {
+            worst = off / allowed;
+            a.cpu_worst = Some((key.clone(), got.cpu_p95, want.cpu_p95, worst));
         }
         let memory = relative(got.memory_max, want.memory_max, 1.0).abs();
         // Maxima are exact in every system; 1e-9 allows a float's last digits.
@@ -160,9 +172,14 @@ mod tests {
             ),
         ]
         .into();
-        let a = usage(&reference, &other, (0.05, 0.0));
+        let a = usage(&reference, &other, (0.05, 0.0), &[key("b")].into());
         assert_eq!((a.compared, a.missing, a.extra), (2, 1, 1));
         assert_eq!(a.cpu_outside, 1, "b is 10 % low");
+        assert_eq!(a.cpu_outside_long, 0, "b is short-lived");
+        assert!(
+            (a.cpu_worst.as_ref().unwrap().3 - 2.0).abs() < 1e-9,
+            "b is off by 2 tolerances"
+        );
         assert!((a.cpu_low + 0.1).abs() < 1e-12 && (a.cpu_high - 0.04).abs() < 1e-12);
         assert_eq!(a.cpu_worst.unwrap().0, key("b"));
         assert_eq!(a.memory_outside, 1);
@@ -187,7 +204,8 @@ mod tests {
             },
         )]
         .into();
-        assert_eq!(usage(&reference, &other, (0.05, 0.0)).cpu_outside, 1);
+        let none = HashSet::new();
+        assert_eq!(usage(&reference, &other, (0.05, 0.0), &none).cpu_outside, 1);
     }
 
     #[test]
@@ -208,8 +226,12 @@ mod tests {
             },
         )]
         .into();
-        assert_eq!(usage(&reference, &other, (0.05, 0.0)).cpu_outside, 1);
-        assert_eq!(usage(&reference, &other, (0.05, 0.01)).cpu_outside, 0);
+        let none = HashSet::new();
+        assert_eq!(usage(&reference, &other, (0.05, 0.0), &none).cpu_outside, 1);
+        assert_eq!(
+            usage(&reference, &other, (0.05, 0.01), &none).cpu_outside,
+            0
+        );
     }
 
     #[test]

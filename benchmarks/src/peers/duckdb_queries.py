@@ -29,7 +29,8 @@ def main():
         # Exact percentile, interpolated between samples like PromQL's quantile_over_time.
         "percentiles": (
             "SELECT namespace, pod, container, quantile_cont(cpu_cores, 0.95), "
-            "max(memory_working_set_bytes) FROM %s GROUP BY namespace, pod, container" % source
+            "max(memory_working_set_bytes), count(*) FROM %s GROUP BY namespace, pod, container"
+            % source
         ),
         "cost": args["cost_sql"].replace("{source}", source),
     }

@@ -86,6 +86,8 @@ pub fn free_port() -> u16 {
 pub fn run_measured(mut command: Command, log: &Path) -> (f64, u64) {
     let out = std::fs::File::create(log).expect("create log");
     let started = Instant::now();
+    // Reaped by wait4 below: std's Child::wait cannot give the rusage (peak RSS).
+    #[allow(clippy::zombie_processes)]
     let child = command
         .stdin(Stdio::null())
         .stdout(out.try_clone().expect("log"))
