@@ -5,6 +5,9 @@
 //! bootstrap endpoint) and appending its actions to the appliance's `actions` table. The
 //! CRDs are the YAML `tally-agent crds` prints, installed as they are.
 //!
+//! Resources are named fully qualified (`workloadrecommendations.tally.dev`): other tests
+//! may install CRDs of the same names under other groups at the same time.
+//!
 //! The test plays the analysis: it writes `recommendations` rows with Flight `DoPut`, as
 //! the analysis crate does.
 
@@ -109,7 +112,7 @@ impl Drop for Rig {
             "-n",
             n,
             "get",
-            "workloadrecommendations",
+            "workloadrecommendations.tally.dev",
             "-o",
             "jsonpath={.items[*].metadata.name}",
         ]) {
@@ -118,7 +121,7 @@ impl Drop for Rig {
                     "-n",
                     n,
                     "patch",
-                    "workloadrecommendation",
+                    "workloadrecommendations.tally.dev",
                     name,
                     "--type=merge",
                     "-p",
@@ -438,7 +441,13 @@ spec:
             &format!("{wr} in phase {phase}"),
             Duration::from_secs(90),
             || {
-                let text = self.kubectl(&["get", "workloadrecommendation", &wr, "-o", "json"])?;
+                let text = self.kubectl(&[
+                    "get",
+                    "workloadrecommendations.tally.dev",
+                    &wr,
+                    "-o",
+                    "json",
+                ])?;
                 let value: Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
                 if value["status"]["phase"] == phase {
                     Ok(value)
@@ -616,7 +625,9 @@ async fn policies_decide_what_the_operator_changes() {
         managers.iter().any(|m| m == "tally-operator"),
         "{managers:?}"
     );
-    let table = rig.kubectl(&["get", "workloadrecommendations"]).unwrap();
+    let table = rig
+        .kubectl(&["get", "workloadrecommendations.tally.dev"])
+        .unwrap();
     assert!(
         table.contains("TARGET") && table.contains("PHASE") && table.contains("SAVINGS"),
         "{table}"
@@ -803,7 +814,7 @@ async fn rollback_restores_the_previous_spec_byte_for_byte() {
     // Rejected after it was applied: the previous spec comes back exactly.
     rig.kubectl(&[
         "patch",
-        "workloadrecommendation",
+        "workloadrecommendations.tally.dev",
         "deployment-rejected",
         "--type=merge",
         "-p",
@@ -816,7 +827,7 @@ async fn rollback_restores_the_previous_spec_byte_for_byte() {
     // Deleted: the finalizer restores the previous spec before the recommendation goes ...
     rig.kubectl(&[
         "delete",
-        "workloadrecommendation",
+        "workloadrecommendations.tally.dev",
         "deployment-deleted",
         "--wait=true",
         "--timeout=90s",
@@ -828,7 +839,7 @@ async fn rollback_restores_the_previous_spec_byte_for_byte() {
     let left = rig
         .kubectl(&[
             "get",
-            "workloadrecommendations",
+            "workloadrecommendations.tally.dev",
             "-o",
             "jsonpath={.items[*].metadata.name}",
         ])
