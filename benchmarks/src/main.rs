@@ -153,6 +153,9 @@ enum Bench {
         /// Runs of each query.
         #[arg(long, default_value_t = 2)]
         repeat: usize,
+        /// Seconds the stores' files must stay unchanged before their size is measured.
+        #[arg(long, default_value_t = 12)]
+        settle_seconds: u64,
     },
     /// All of the above at a small size (`--tiny`: a few seconds, for the test suite).
     All {
@@ -208,6 +211,7 @@ fn main() {
                 work_dir,
                 keep,
                 repeat,
+                settle_seconds,
             } => vec![
                 peers::peers(peers::Options {
                     containers,
@@ -216,6 +220,7 @@ fn main() {
                     work_dir,
                     keep,
                     repeat,
+                    settle: Duration::from_secs(settle_seconds),
                 })
                 .await,
             ],
@@ -245,6 +250,7 @@ fn main() {
                         work_dir: dir.join("peers"),
                         keep: false,
                         repeat: if tiny { 1 } else { 2 },
+                        settle: Duration::from_secs(if tiny { 2 } else { 12 }),
                     })
                     .await,
                 ];

@@ -50,6 +50,9 @@ pub struct Options {
     pub keep: bool,
     /// Runs of each query.
     pub repeat: usize,
+    /// How long Tally's files and VictoriaMetrics' directory must stay unchanged (compaction
+    /// and merges done) before the disk is measured; more than Tally's 5 s maintenance interval.
+    pub settle: Duration,
 }
 
 /// Loading one system.
@@ -77,6 +80,8 @@ struct Window {
     start_ms: i64,
     end_ms: i64,
     step_ms: i64,
+    /// See [`Options::settle`].
+    settle: Duration,
     /// Dollars per (core × sample) and per (byte × sample): the rate per hour times the
     /// sample step in hours.
     cpu_factor: f64,
@@ -100,6 +105,7 @@ pub async fn peers(options: Options) -> (String, String) {
         start_ms: ds.start_ms,
         end_ms: ds.end_ms,
         step_ms: ds.step_ms,
+        settle: options.settle,
         cpu_factor: prices.default_cpu_core_hour_usd * step_hours,
         memory_factor: prices.default_memory_gib_hour_usd * step_hours / 1_073_741_824.0,
     };
@@ -396,7 +402,7 @@ async fn tally(
         if now != last {
             last = now;
             steady_since = Instant::now();
-        } else if steady_since.elapsed() > Duration::from_secs(12) {
+        } else if steady_since.elapsed() > window.settle {
             break;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -648,7 +654,7 @@ async fn victoria_metrics(
         let now = promql::dir_bytes(&data);
         if now != last {
             (last, steady_since) = (now, Instant::now());
-        } else if steady_since.elapsed() > Duration::from_secs(10) {
+        } else if steady_since.elapsed() > window.settle {
             break;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
