@@ -54,6 +54,9 @@ fn main() {
         "cargo:warning=eBPF programs not built (no clang: {failure}install clang-19 and libbpf-dev)"
     );
     std::fs::write(&out, b"").unwrap();
+    // Build again once clang is installed (a path that does not exist yet reruns this script
+    // on every build until it does).
+    println!("cargo:rerun-if-changed=/usr/bin/clang-19");
     println!(
         "cargo:rustc-env=TALLY_NETMON_BPF=not built: clang was not found when the agent was compiled ({failure}install clang-19 and libbpf-dev)"
     );
