@@ -86,6 +86,8 @@ pub async fn analysis(
         store.clone(),
         tally_query::QueryLimits {
             timeout: Duration::from_secs(3600),
+            // The appliance's default --analysis-memory.
+            memory_bytes: 2 << 30,
             ..Default::default()
         },
     );

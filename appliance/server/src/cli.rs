@@ -67,6 +67,11 @@ pub struct StoreArgs {
     /// Time one SQL query may run before it is cancelled.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub query_timeout: Duration,
+    /// Memory an analysis run's queries may use (apart from --query-memory, so users' SQL
+    /// and the analyses never starve each other). A 30,000-container, 14-day history needs
+    /// more than 512 MiB for the replicas analysis. Bytes; suffixes KiB, MiB, GiB.
+    #[arg(long, default_value = "2GiB", value_parser = parse_bytes)]
+    pub analysis_memory: usize,
     /// The largest Arrow batch message accepted on ingest (bytes; suffixes KiB, MiB, GiB).
     #[arg(long, default_value = "64MiB", value_parser = parse_bytes)]
     pub max_message_bytes: usize,

@@ -34,6 +34,8 @@ pub struct ApplianceOptions {
     /// The largest gRPC message accepted (one Arrow batch).
     pub max_message_bytes: usize,
     pub query: QueryLimits,
+    /// Memory the analyses' queries may use together (their own pool, apart from `query`).
+    pub analysis_memory_bytes: usize,
     /// How users sign in to the web UI.
     pub sign_in: tally_ui::SignIn,
     /// Run the analyses (rightsizing, replicas, consolidation, instance types) this often;
@@ -123,9 +125,19 @@ impl Appliance {
             tally_ui::Auth::new(options.sign_in.clone()),
             Some(options.store.data_dir.join("policies.json")),
         );
+        // The analyses get an engine of their own: a big run cannot starve users' SQL, and
+        // users' SQL cannot starve a run.
+        let analysis_engine = QueryEngine::new(
+            store.clone(),
+            QueryLimits {
+                memory_bytes: options.analysis_memory_bytes,
+                timeout: Duration::from_secs(1800),
+                ..options.query.clone()
+            },
+        );
         let analyzer = Arc::new(tally_analysis::Analyzer::new(
             store.clone(),
-            engine.clone(),
+            analysis_engine,
             tally_analysis::AnalysisConfig::default(),
         ));
         let analysis = options
@@ -198,6 +210,7 @@ pub fn local_options(data_dir: impl Into<PathBuf>) -> ApplianceOptions {
         tls: None,
         max_message_bytes: 64 << 20,
         query: QueryLimits::default(),
+        analysis_memory_bytes: 2 << 30,
         sign_in: tally_ui::SignIn::OneTimeLink,
         analysis_interval: Some(Duration::from_secs(300)),
     }

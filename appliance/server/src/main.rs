@@ -93,6 +93,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         tls,
         max_message_bytes: args.store.max_message_bytes,
         query: query_limits(&args.store),
+        analysis_memory_bytes: args.store.analysis_memory,
         sign_in: sign_in(&args)?,
         analysis_interval: (!args.analysis_interval.is_zero()).then_some(args.analysis_interval),
     };
