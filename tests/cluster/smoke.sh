@@ -193,6 +193,30 @@ exit_code=$(k -n "$NS" get pod oom -o jsonpath='{.status.containerStatuses[0].st
 [[ "$reason" == OOMKilled ]] || fail "pod oom terminated with reason '$reason' (exit $exit_code), expected OOMKilled"
 pass "pod oom (tail /dev/zero, 20Mi limit) terminated: reason=OOMKilled exitCode=$exit_code"
 
+# ---------------------------------------------------------------- Tally's own image
+# An image assembled from Tally's own binary and exactly the shared libraries it loads (no
+# registry, no Docker engine), imported into a node's containerd, runs as a real pod.
+tally_bin="${TALLY_BIN:-${CARGO_TARGET_DIR:-${TALLY_CACHE:-/root/.cache/tally}/target}/debug/tally}"
+[[ -x "$tally_bin" ]] || fail "no tally binary at $tally_bin (cargo build --bin tally, or set TALLY_BIN)"
+image_tar="${TALLY_CLUSTER_DIR}/tally-image.tar"
+python3 "${HERE}/mkimage.py" "$image_tar" --image tally.local/tally:smoke \
+  --file "${tally_bin}:/usr/local/bin/tally" --ldd --cmd /usr/local/bin/tally --cmd=--version \
+  >/dev/null || fail "mkimage.py could not assemble an image from $tally_bin"
+first_node=${TALLY_NODES%% *}
+ctr -a "${TALLY_CONTAINERD_SOCKETS%% *}" -n k8s.io images import "$image_tar" >/dev/null \
+  || fail "the tally image did not import into ${first_node}'s containerd"
+rm -f "$image_tar"
+k -n "$NS" run tally-image --image=tally.local/tally:smoke --image-pull-policy=Never \
+  --restart=Never --overrides="{\"apiVersion\":\"v1\",\"spec\":{\"nodeName\":\"${first_node}\"}}" >/dev/null
+deadline=$(( $(date +%s) + 120 ))
+until [[ "$(k -n "$NS" get pod tally-image -o jsonpath='{.status.phase}')" == Succeeded ]]; do
+  (( $(date +%s) < deadline )) || { k -n "$NS" describe pod tally-image >&2 || true; fail "the tally image's pod did not succeed within 120s"; }
+  sleep 2
+done
+version=$(k -n "$NS" logs tally-image)
+grep -q '^tally ' <<<"$version" || fail "the tally image's pod printed '$version', expected 'tally <version>'"
+pass "an image of Tally's own binary (assembled by mkimage.py, imported with ctr) runs on ${first_node}: ${version}"
+
 # ---------------------------------------------------------------- RBAC
 kv() { "${TALLY_KUBECTL}" --kubeconfig "$TALLY_VIEWER_KUBECONFIG" "$@"; }
 kn() { "${TALLY_KUBECTL}" --kubeconfig "$TALLY_NOBODY_KUBECONFIG" "$@"; }
