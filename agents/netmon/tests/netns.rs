@@ -66,8 +66,11 @@ impl Lab {
             ));
         }
         // Accounting must be on before a flow starts; a `ct` rule makes the namespace track.
+        // Timestamps too, as the agent turns them on: a new entry that reuses a deleted one's
+        // id is told apart by its start time.
         sh(&format!(
             "ip netns exec {a} sysctl -qw net.netfilter.nf_conntrack_acct=1 && \
+             ip netns exec {a} sysctl -qw net.netfilter.nf_conntrack_timestamp=1 && \
              printf 'table inet tally {{\n chain out {{\n type filter hook output priority 0; policy accept;\n \
              ct state new,established accept\n }}\n chain in {{\n type filter hook input priority 0; policy accept;\n \
              ct state new,established accept\n }}\n}}\n' \
