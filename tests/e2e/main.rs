@@ -7,6 +7,7 @@ mod disk;
 mod durability;
 mod export;
 mod helm;
+mod hostile;
 mod ingest;
 mod operator;
 mod sql_api;
