@@ -51,6 +51,8 @@ pub struct UiState {
     /// The window pages summarise, in days up to now.
     pub window_days: i64,
     pub(crate) summary: summary::SummaryCache,
+    /// The overview's cost allocation, reused for a minute.
+    pub(crate) allocation: pages::overview::AllocationCache,
     pub(crate) policies: policy::PolicyStore,
     pub(crate) history: Arc<Mutex<HashMap<String, VecDeque<String>>>>,
     /// The clock (fixed in tests).
@@ -73,6 +75,7 @@ impl UiState {
             export: None,
             window_days: 7,
             summary: summary::SummaryCache::default(),
+            allocation: Default::default(),
             policies: policy::PolicyStore::open(policies_file),
             history: Arc::default(),
             now: Utc::now,
