@@ -4,7 +4,8 @@
 --
 -- cpu_quantile/memory_quantile merge the 5 % log-bucket histograms of every hour in the
 -- window and answer the end of the bucket that holds the quantile: never below the exact
--- value, at most one bucket (5 %) above it. Maxima are exact. A 14-day window reads
+-- nearest-rank percentile, at most one bucket (5 %) above it (an interpolating percentile,
+-- such as DuckDB's quantile_cont, can be higher for containers with few samples). Maxima are exact. A 14-day window reads
 -- 14 × 24 rows per container instead of 40,320 raw samples.
 SELECT
   namespace,

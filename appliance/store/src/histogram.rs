@@ -2,8 +2,11 @@
 //!
 //! Bucket `i` starts at `first_bucket_size * (ratio^i - 1) / (ratio - 1)`, so every bucket is
 //! `ratio` (5 %) wider than the one before. A percentile answers the *end* of the bucket that
-//! holds it (as the VPA does), so it is never below the exact value and at most one bucket
-//! width above it. Histograms of different hours or pods merge by adding counts, which is what
+//! holds it (as the VPA does), so it is never below the exact nearest-rank percentile (the
+//! smallest sample with at least that share of samples at or below it) and at most one bucket
+//! width above it. Interpolating definitions (DuckDB's `quantile_cont`, PromQL's
+//! `quantile_over_time`) can lie above that when few samples sit between two far-apart values,
+//! as with short-lived containers: the peers benchmark shows by how much. Histograms of different hours or pods merge by adding counts, which is what
 //! makes a 30-day percentile a read of hourly rows instead of raw samples.
 
 use std::collections::BTreeMap;
