@@ -842,6 +842,180 @@ fn random_sql_gets_a_json_answer_and_the_appliance_keeps_serving() {
     assert_alive_without_panic(&mut server);
 }
 
+/// A hostile HTTP request to the SQL endpoint: the body itself, not only the statement.
+#[derive(Debug, Clone)]
+enum HostileBody {
+    Bytes(Vec<u8>),
+    /// `{"sql": <value>}` with a value of the wrong type, or other fields.
+    WrongJson(String),
+    /// A statement nested `depth` parentheses deep (`SELECT ((((1))))`, `NOT NOT … TRUE`, …).
+    Deep {
+        depth: usize,
+        shape: usize,
+    },
+    /// A random statement asked for as an Arrow IPC stream instead of JSON.
+    Arrow(String),
+}
+
+fn hostile_body(max_depth: usize) -> impl Strategy<Value = HostileBody> {
+    prop_oneof![
+        any::<Vec<u8>>().prop_map(HostileBody::Bytes),
+        prop_oneof![
+            Just(r#"{"sql": 1}"#.to_string()),
+            Just(r#"{"sql": null}"#.to_string()),
+            Just(r#"{"sql": ["SELECT 1"]}"#.to_string()),
+            Just(r#"{"sql": {"sql": "SELECT 1"}}"#.to_string()),
+            Just(r#"{}"#.to_string()),
+            Just(r#"[]"#.to_string()),
+            Just(r#"{"sql": "SELECT 1", "sql": "DROP TABLE events"}"#.to_string()),
+            Just(r#"{"sql": "SELECT 1", "params": [1, 2], "timeout": -1}"#.to_string()),
+            Just(r#"{"sql": "SELECT '\u0000'"}"#.to_string()),
+            Just(r#"{"sql": "\ud800"}"#.to_string()),
+            (1..20_000usize).prop_map(|n| format!("{}{}", "[".repeat(n), "]".repeat(n))),
+        ]
+        .prop_map(HostileBody::WrongJson),
+        (1..max_depth, 0..4usize).prop_map(|(depth, shape)| HostileBody::Deep { depth, shape }),
+        statement().prop_map(HostileBody::Arrow),
+    ]
+}
+
+#[derive(Default, Debug)]
+struct BodyCounts {
+    tried: u64,
+    by_status: std::collections::BTreeMap<u16, u64>,
+    arrow_streams_read: u64,
+}
+
+/// Statements nest at most 1,000 deep here: deeper ones hit the bug of the ignored test below.
+#[test]
+fn hostile_sql_request_bodies_get_an_answer_and_the_appliance_keeps_serving() {
+    fuzz_sql_bodies(1_000);
+}
+
+/// The same with statements nested up to 20,000 deep.
+#[test]
+#[ignore = "bug: a long flat expression (`SELECT 1 + 1 + … + 1` with 5,000 terms, 20 KB) \
+            overflows a tokio worker's stack while the query is planned/run and the whole \
+            appliance aborts (SIGABRT); 1,000 terms answer 200, nested parentheses are refused \
+            by the parser's recursion limit"]
+fn deeply_nested_statements_do_not_abort_the_appliance() {
+    fuzz_sql_bodies(20_000);
+}
+
+/// Sends `cases` hostile request bodies to the SQL endpoint.
+fn fuzz_sql_bodies(max_depth: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = start_server(&dir);
+    let rt = runtime();
+    rt.block_on(async {
+        let mut client = IngestClient::connect(&server.flight_url, None)
+            .await
+            .unwrap();
+        client
+            .write(Table::Events, vec![events("a", 1_000, 4)])
+            .await
+            .unwrap();
+    });
+    let http = reqwest::Client::builder()
+        .timeout(ATTEMPT_TIMEOUT)
+        .build()
+        .unwrap();
+    let url = format!("{}/api/v1/sql", server.http_url);
+    let counts = std::cell::RefCell::new(BodyCounts::default());
+
+    let result = runner(300).run(&hostile_body(max_depth), |hostile| {
+        let (body, arrow) = match &hostile {
+            HostileBody::Bytes(bytes) => (bytes.clone(), false),
+            HostileBody::WrongJson(json) => (json.clone().into_bytes(), false),
+            HostileBody::Deep { depth, shape } => {
+                let sql = match shape {
+                    0 => format!("SELECT {}1{}", "(".repeat(*depth), ")".repeat(*depth)),
+                    1 => format!("SELECT {}TRUE", "NOT ".repeat(*depth)),
+                    2 => format!("SELECT 1{}", " + 1".repeat(*depth)),
+                    _ => format!(
+                        "{}SELECT 1{}",
+                        "SELECT * FROM (".repeat(*depth),
+                        ")".repeat(*depth)
+                    ),
+                };
+                (
+                    serde_json::to_vec(&serde_json::json!({ "sql": sql })).unwrap(),
+                    false,
+                )
+            }
+            HostileBody::Arrow(sql) => (
+                serde_json::to_vec(&serde_json::json!({ "sql": sql })).unwrap(),
+                true,
+            ),
+        };
+        let answer = rt.block_on(async {
+            let mut request = http
+                .post(&url)
+                .header("content-type", "application/json")
+                .body(body);
+            if arrow {
+                request = request.header("accept", "application/vnd.apache.arrow.stream");
+            }
+            let response = request.send().await?;
+            let status = response.status().as_u16();
+            let content_type = response
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            let body = response.bytes().await?;
+            Ok::<_, reqwest::Error>((status, content_type, body))
+        });
+        let mut counts = counts.borrow_mut();
+        counts.tried += 1;
+        let (status, content_type, body) = answer.map_err(|e| {
+            TestCaseError::fail(format!(
+                "no answer (dropped or timed out) to {hostile:?}: {e}"
+            ))
+        })?;
+        *counts.by_status.entry(status).or_default() += 1;
+        prop_assert!(
+            matches!(status, 200 | 400 | 403 | 408 | 413 | 422),
+            "{status} for {hostile:?}: {}",
+            String::from_utf8_lossy(&body)
+        );
+        if status == 200 && content_type.contains("arrow") {
+            // The stream is complete, valid Arrow IPC.
+            let reader =
+                arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(&body), None)
+                    .map_err(|e| {
+                        TestCaseError::fail(format!("bad Arrow stream for {hostile:?}: {e}"))
+                    })?;
+            for batch in reader {
+                batch.map_err(|e| {
+                    TestCaseError::fail(format!("bad Arrow batch for {hostile:?}: {e}"))
+                })?;
+            }
+            counts.arrow_streams_read += 1;
+        } else if status != 200 {
+            let json: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
+                TestCaseError::fail(format!(
+                    "{status} not JSON ({e}) for {hostile:?}: {}",
+                    String::from_utf8_lossy(&body)
+                ))
+            })?;
+            prop_assert!(
+                json["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| !m.is_empty()),
+                "{status} without an error message for {hostile:?}"
+            );
+        }
+        Ok(())
+    });
+    println!("hostile SQL bodies: {:?}", counts.borrow());
+    assert_alive_without_panic(&mut server);
+    result.unwrap();
+    rt.block_on(assert_still_serves(&server, "after-body-fuzz"));
+    assert_alive_without_panic(&mut server);
+}
+
 // ---------------------------------------------------------------------------------------------
 // 3. Slow clients.
 // ---------------------------------------------------------------------------------------------
