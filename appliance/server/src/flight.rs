@@ -16,7 +16,7 @@ use arrow_flight::sql::{
     Any, CommandGetTables, CommandStatementQuery, ProstMessageExt, SqlInfo, TicketStatementQuery,
 };
 use arrow_flight::{FlightDescriptor, FlightEndpoint, FlightInfo, PutResult, Ticket};
-use futures::{Stream, StreamExt, TryStreamExt};
+use futures::{FutureExt, Stream, StreamExt, TryStreamExt};
 use prost::Message;
 use tally_query::{QueryEngine, QueryError};
 use tally_store::{Store, StoreError};
@@ -114,7 +114,31 @@ impl FlightSqlService for ApplianceFlight {
         let store = self.store.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         tokio::spawn(async move {
-            while let Some(next) = batches.next().await {
+            loop {
+                // Arrow's IPC decoder panics on some malformed input (slice asserts,
+                // `unimplemented!` for unknown types) instead of returning an error: catch it,
+                // so the client gets a clear refusal rather than a stream that ends without one.
+                let next = match std::panic::AssertUnwindSafe(batches.next())
+                    .catch_unwind()
+                    .await
+                {
+                    Ok(Some(next)) => next,
+                    Ok(None) => break,
+                    Err(panic) => {
+                        let reason = panic
+                            .downcast_ref::<String>()
+                            .map(String::as_str)
+                            .or_else(|| panic.downcast_ref::<&str>().copied())
+                            .unwrap_or("the decoder gave up");
+                        tracing::warn!(%table, reason, "malformed Arrow IPC data refused");
+                        let _ = tx
+                            .send(Err(Status::invalid_argument(format!(
+                                "malformed Arrow IPC data for table `{table}`: {reason}"
+                            ))))
+                            .await;
+                        break;
+                    }
+                };
                 let result = match next {
                     Ok(batch) => store
                         .write(table, batch)
