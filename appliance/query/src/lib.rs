@@ -49,6 +49,12 @@ pub use error::{Position, QueryError};
 pub use json::{JsonColumn, JsonResult, batches_to_json};
 pub use stream::QueryStream;
 
+/// The longest statement the engine plans. DataFusion's planner and optimizer recurse once per
+/// term of a flat expression (`1 + 1 + … + 1`): 2,000 terms overflowed a 2 MiB worker stack
+/// and aborted the appliance. With this limit and the 32 MiB worker stacks of the `tally`
+/// binary, the hostile-input tests' longest statements are refused or answered.
+pub const MAX_STATEMENT_BYTES: usize = 32 * 1024;
+
 /// What one engine allows its queries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueryLimits {
@@ -165,6 +171,15 @@ impl QueryEngine {
         sql: &str,
         deadline: Instant,
     ) -> Result<(Arc<dyn ExecutionPlan>, Arc<TaskContext>), QueryError> {
+        if sql.len() > MAX_STATEMENT_BYTES {
+            return Err(QueryError::Refused {
+                statement_kind: format!("a statement of {} bytes", sql.len()),
+                reason: format!(
+                    "statements are limited to {} KiB (planning a very long expression recurses once per term)",
+                    MAX_STATEMENT_BYTES / 1024
+                ),
+            });
+        }
         let engine = self.clone();
         let sql = sql.to_owned();
         let planning = tokio::spawn(async move { engine.plan(&sql).await });

@@ -17,7 +17,13 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    // Large worker stacks: planning a long SQL expression recurses once per term (see
+    // tally_query::MAX_STATEMENT_BYTES), and 2 MiB overflowed at 2,000 terms.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(32 << 20)
+        .build()
+        .expect("tokio runtime");
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => serve(*args).await,
