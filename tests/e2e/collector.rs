@@ -298,6 +298,16 @@ async fn the_collector_reports_usage_throttling_oom_kills_and_workload_changes_b
         "{}",
         &format!("[{{name: SECRET_TOKEN, value: {canary}}}]"),
     ));
+    manifest.push_str("---\n");
+    // No node has a thousand cores: the real scheduler marks this pod Unschedulable.
+    manifest.push_str(&pod(
+        "huge",
+        &ns,
+        &image,
+        "sleep 3600",
+        "{requests: {cpu: 1000}}",
+        "[]",
+    ));
     cluster.apply(&manifest);
 
     // Informers synced: /readyz turns 200.
@@ -469,6 +479,27 @@ spec:
     assert!(oom[3].as_i64().is_some(), "{oom:?}");
     let restarted = events.iter().find(|r| r[0] == "Restarted").unwrap();
     assert!(restarted[3].as_i64().unwrap() >= 1, "{restarted:?}");
+
+    // The scheduler's verdict on the pod nothing can hold reaches `events` with its message.
+    let unschedulable =
+        eventually(
+            "the unschedulable pod in events",
+            Duration::from_secs(60),
+            async || {
+                let found = rows(&appliance, &format!(
+            "SELECT reason, message FROM events WHERE namespace = '{ns}' AND pod = 'huge'"
+        )).await;
+                match found.iter().find(|r| r[0] == "Unschedulable") {
+                    Some(row) => Ok(row.clone()),
+                    None => Err(format!("{found:?}")),
+                }
+            },
+        )
+        .await;
+    assert!(
+        unschedulable[1].as_str().is_some_and(|m| m.contains("cpu")),
+        "the scheduler's message names the resource: {unschedulable:?}"
+    );
 
     // Nodes: real ones with usage, kubelet-less ones with their labels and capacity only.
     let nodes = rows(&appliance, "SELECT node, zone, region, instance_type, capacity_type, cpu_allocatable_cores, cpu_cores, taints \
