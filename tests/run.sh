@@ -63,7 +63,12 @@ export TALLY_AGENT_BIN="$CARGO_TARGET_DIR/debug/tally-agent"
 # With TALLY_KUBECONFIG set, the same tests run against that cluster instead.
 if [ -z "${TALLY_KUBECONFIG:-}" ]; then
   step "the real Kubernetes test cluster up (etcd, kube-apiserver, controllers, scheduler, kubelet nodes)"
-  cluster_down() { [ "${TALLY_KEEP:-0}" = 1 ] || bash tests/cluster/down.sh; }
+  # down.sh fails if anything of the cluster is left behind; so does this run then.
+  cluster_down() {
+    local rc=$?
+    [ "${TALLY_KEEP:-0}" = 1 ] || bash tests/cluster/down.sh || rc=1
+    exit "$rc"
+  }
   trap cluster_down EXIT
   bash tests/cluster/up.sh
 fi

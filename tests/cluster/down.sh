@@ -150,4 +150,16 @@ done
 for dir in "${!RMDIRS[@]}"; do rmdir "$dir" 2>/dev/null || true; done
 
 rm -rf "$D" 2>/dev/null || { sleep 1; rm -rf "$D" || warn "could not remove $D"; }
-log "teardown complete"
+
+# Prove it: no network namespace, mount, listener or directory of the cluster is left.
+left=()
+leftover_netns=$(ip netns list | cut -d' ' -f1 | grep -E "^${NS_PREFIX}" | paste -sd' ' || true)
+[[ -n "$leftover_netns" ]] && left+=("netns ${leftover_netns}")
+grep -q " ${D}" /proc/mounts && left+=("mounts under ${D}")
+ss -Hltn "sport = :${API_PORT}" | grep -q . && left+=("a listener on port ${API_PORT}")
+[[ -e "$D" ]] && left+=("${D}")
+if ((${#left[@]})); then
+  warn "teardown left behind: ${left[*]}"
+  exit 1
+fi
+log "teardown complete: no netns, mount, listener or directory of the cluster is left"

@@ -13,3 +13,4 @@ die()  { printf '[%s] ERROR: %s\n' "$(date +%H:%M:%S)" "$*" >&2; exit 1; }
 need_root() { [[ $(id -u) == 0 ]] || die "must run as root"; }
 # Network namespace names: ${NS_PREFIX}cp and ${NS_PREFIX}n1..n9 (also the node names).
 NS_PREFIX="${TALLY_NS_PREFIX:-tally-}"
+API_PORT="${TALLY_API_PORT:-16443}"

@@ -14,7 +14,6 @@ source "${HERE}/lib.sh"
 need_root
 
 NODES="${TALLY_NODES:-2}"
-API_PORT="${TALLY_API_PORT:-16443}"
 UP_TIMEOUT="${TALLY_UP_TIMEOUT:-180}"
 [[ "$NODES" =~ ^[1-9]$ ]] || die "TALLY_NODES must be 1..9 (got '$NODES')"
 D="${TALLY_CLUSTER_DIR}"
