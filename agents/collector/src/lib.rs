@@ -40,7 +40,7 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event as WatchEvent};
 use kube::{Api, Client};
 use serde::de::DeserializeOwned;
-use tally_wire::{ClientTls, Table};
+use tally_wire::Table;
 use tokio::sync::watch;
 
 use crate::health::Metrics;
@@ -50,40 +50,9 @@ use crate::sender::{Credentials, Outbox};
 /// Flags of `tally-agent collector`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CollectorArgs {
-    /// The appliance's Flight URL (`https://tally.tally.svc:50051`).
-    #[arg(long, env = "TALLY_APPLIANCE_URL")]
-    pub appliance: String,
-    /// The appliance's certificate bootstrap URL (`https://tally.tally.svc:8443`): the
-    /// collector presents its ServiceAccount token there and receives a short-lived client
-    /// certificate, renewed at two thirds of its life.
-    #[arg(long, env = "TALLY_BOOTSTRAP_URL", conflicts_with_all = ["tls_cert", "insecure"])]
-    pub bootstrap_url: Option<String>,
-    /// The CA that signed the appliance's certificates (PEM), e.g. mounted from the
-    /// `tally-ca` ConfigMap the appliance publishes.
-    #[arg(long, env = "TALLY_APPLIANCE_CA")]
-    pub appliance_ca: Option<PathBuf>,
-    /// The ServiceAccount token presented to the bootstrap endpoint (re-read at every
-    /// renewal, so projected tokens can rotate).
-    #[arg(
-        long,
-        env = "TALLY_TOKEN_FILE",
-        default_value = "/var/run/secrets/kubernetes.io/serviceaccount/token"
-    )]
-    pub token_file: PathBuf,
-    /// A client certificate (PEM) to use instead of the bootstrap.
-    #[arg(
-        long,
-        env = "TALLY_TLS_CERT",
-        requires = "tls_key",
-        conflicts_with = "insecure"
-    )]
-    pub tls_cert: Option<PathBuf>,
-    /// The private key of --tls-cert (PEM).
-    #[arg(long, env = "TALLY_TLS_KEY", requires = "tls_cert")]
-    pub tls_key: Option<PathBuf>,
-    /// Write to the appliance without TLS (`http://` URL). For local demos only.
-    #[arg(long)]
-    pub insecure: bool,
+    /// How to reach the appliance.
+    #[command(flatten)]
+    pub connection: tally_wire::agent::ApplianceArgs,
     /// A kubeconfig file (default: in-cluster configuration, or $KUBECONFIG).
     #[arg(long, env = "TALLY_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
@@ -125,14 +94,8 @@ pub struct CollectorArgs {
 /// Why the collector could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum CollectorError {
-    #[error("invalid flags: {0}")]
-    Flags(String),
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Credentials(#[from] tally_wire::agent::CredentialsError),
     #[error("cannot configure the Kubernetes client: {0}")]
     KubeConfig(String),
     #[error("cannot listen on {addr}: {source}")]
@@ -195,42 +158,8 @@ pub fn parse_bytes(text: &str) -> Result<usize, String> {
     Ok(value * factor)
 }
 
-fn read(path: &PathBuf) -> Result<Vec<u8>, CollectorError> {
-    std::fs::read(path).map_err(|source| CollectorError::Read {
-        path: path.clone(),
-        source,
-    })
-}
-
 fn credentials(args: &CollectorArgs) -> Result<Credentials, CollectorError> {
-    if args.insecure {
-        return Ok(Credentials::Insecure);
-    }
-    let ca = || {
-        args.appliance_ca.as_ref().ok_or_else(|| {
-            CollectorError::Flags("--appliance-ca is required with TLS (the CA that signed the appliance's certificate)".into())
-        })
-    };
-    if let Some(url) = &args.bootstrap_url {
-        return Ok(Credentials::Bootstrap {
-            url: url.clone(),
-            ca_pem: read(ca()?)?,
-            token_file: args.token_file.clone(),
-        });
-    }
-    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
-        return Ok(Credentials::Static(ClientTls {
-            ca_pem: read(ca()?)?,
-            cert_pem: read(cert)?,
-            key_pem: read(key)?,
-            domain: None,
-        }));
-    }
-    Err(CollectorError::Flags(
-        "say how to reach the appliance securely: --bootstrap-url (with --appliance-ca), \
-         or --tls-cert and --tls-key, or --insecure for a local demo"
-            .into(),
-    ))
+    Ok(args.connection.credentials()?)
 }
 
 async fn kube_client(args: &CollectorArgs) -> Result<Client, CollectorError> {
@@ -646,7 +575,7 @@ pub async fn run(args: CollectorArgs) -> Result<(), CollectorError> {
     let (stop, stopped) = watch::channel(false);
     let sender = tokio::spawn(sender::deliver(
         outbox.clone(),
-        args.appliance.clone(),
+        args.connection.appliance.clone(),
         credentials,
         metrics.clone(),
         stopped,

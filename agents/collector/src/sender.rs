@@ -9,14 +9,13 @@
 //! again: delivery is at least once.
 
 use std::collections::VecDeque;
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use tally_wire::bootstrap::{IssuedCertificate, request_certificate};
-use tally_wire::{ClientTls, IngestClient, Table};
+use tally_wire::{IngestClient, Table};
 use tokio::sync::{Notify, watch};
 
 use crate::health::Metrics;
@@ -132,20 +131,7 @@ impl Outbox {
     }
 }
 
-/// How the collector proves itself to the appliance.
-#[derive(Debug, Clone)]
-pub enum Credentials {
-    /// Plain HTTP/2 (`--insecure`, local demos only).
-    Insecure,
-    /// Certificate files given on the command line.
-    Static(ClientTls),
-    /// A certificate from the appliance's bootstrap endpoint, renewed at 2/3 of its life.
-    Bootstrap {
-        url: String,
-        ca_pem: Vec<u8>,
-        token_file: PathBuf,
-    },
-}
+pub use tally_wire::agent::Credentials;
 
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()

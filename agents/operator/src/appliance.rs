@@ -6,7 +6,6 @@
 //! proves who the operator is) and is renewed at two thirds of its life, or from files.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, RecordBatch, StringArray, TimestampMillisecondArray};
@@ -19,20 +18,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 
 use crate::crd::{ContainerRecommendation, HpaRecommendation, Resources, WorkloadKind};
 
-/// How the operator proves itself to the appliance.
-#[derive(Debug, Clone)]
-pub enum Credentials {
-    /// Plain HTTP/2 (`--insecure`, local demos only).
-    Insecure,
-    /// Certificate files given on the command line.
-    Static(ClientTls),
-    /// A certificate from the appliance's bootstrap endpoint.
-    Bootstrap {
-        url: String,
-        ca_pem: Vec<u8>,
-        token_file: PathBuf,
-    },
-}
+pub use tally_wire::agent::Credentials;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplianceError {

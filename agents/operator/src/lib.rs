@@ -30,7 +30,6 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use kube::Client;
-use tally_wire::ClientTls;
 
 use crate::appliance::{Appliance, Credentials};
 use crate::health::Metrics;
@@ -39,38 +38,9 @@ use crate::reconcile::Reconciler;
 /// Flags of `tally-agent operator`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct OperatorArgs {
-    /// The appliance's Flight URL (`https://tally.tally.svc:50051`).
-    #[arg(long, env = "TALLY_APPLIANCE_URL")]
-    pub appliance: String,
-    /// The appliance's certificate bootstrap URL (`https://tally.tally.svc:8443`): the
-    /// operator presents its ServiceAccount token there and receives a short-lived client
-    /// certificate, renewed at two thirds of its life.
-    #[arg(long, env = "TALLY_BOOTSTRAP_URL", conflicts_with_all = ["tls_cert", "insecure"])]
-    pub bootstrap_url: Option<String>,
-    /// The CA that signed the appliance's certificates (PEM).
-    #[arg(long, env = "TALLY_APPLIANCE_CA")]
-    pub appliance_ca: Option<PathBuf>,
-    /// The ServiceAccount token presented to the bootstrap endpoint (re-read at renewal).
-    #[arg(
-        long,
-        env = "TALLY_TOKEN_FILE",
-        default_value = "/var/run/secrets/kubernetes.io/serviceaccount/token"
-    )]
-    pub token_file: PathBuf,
-    /// A client certificate (PEM) to use instead of the bootstrap.
-    #[arg(
-        long,
-        env = "TALLY_TLS_CERT",
-        requires = "tls_key",
-        conflicts_with = "insecure"
-    )]
-    pub tls_cert: Option<PathBuf>,
-    /// The private key of --tls-cert (PEM).
-    #[arg(long, env = "TALLY_TLS_KEY", requires = "tls_cert")]
-    pub tls_key: Option<PathBuf>,
-    /// Talk to the appliance without TLS (`http://` URL). For local demos only.
-    #[arg(long)]
-    pub insecure: bool,
+    /// How to reach the appliance.
+    #[command(flatten)]
+    pub connection: tally_wire::agent::ApplianceArgs,
     /// A kubeconfig file (default: in-cluster configuration, or $KUBECONFIG).
     #[arg(long, env = "TALLY_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
@@ -102,14 +72,8 @@ pub struct CrdsArgs {
 /// Why the operator could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum OperatorError {
-    #[error("invalid flags: {0}")]
-    Flags(String),
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Credentials(#[from] tally_wire::agent::CredentialsError),
     #[error("cannot write {path}: {source}")]
     Write {
         path: PathBuf,
@@ -155,45 +119,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(seconds))
 }
 
-fn read(path: &PathBuf) -> Result<Vec<u8>, OperatorError> {
-    std::fs::read(path).map_err(|source| OperatorError::Read {
-        path: path.clone(),
-        source,
-    })
-}
-
 fn credentials(args: &OperatorArgs) -> Result<Credentials, OperatorError> {
-    if args.insecure {
-        return Ok(Credentials::Insecure);
-    }
-    let ca = || {
-        args.appliance_ca.as_ref().ok_or_else(|| {
-            OperatorError::Flags(
-                "--appliance-ca is required with TLS (the CA that signed the appliance's certificate)"
-                    .into(),
-            )
-        })
-    };
-    if let Some(url) = &args.bootstrap_url {
-        return Ok(Credentials::Bootstrap {
-            url: url.clone(),
-            ca_pem: read(ca()?)?,
-            token_file: args.token_file.clone(),
-        });
-    }
-    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
-        return Ok(Credentials::Static(ClientTls {
-            ca_pem: read(ca()?)?,
-            cert_pem: read(cert)?,
-            key_pem: read(key)?,
-            domain: None,
-        }));
-    }
-    Err(OperatorError::Flags(
-        "say how to reach the appliance securely: --bootstrap-url (with --appliance-ca), \
-         or --tls-cert and --tls-key, or --insecure for a local demo"
-            .into(),
-    ))
+    Ok(args.connection.credentials()?)
 }
 
 async fn kube_client(args: &OperatorArgs) -> Result<Client, OperatorError> {
@@ -272,7 +199,7 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
 
     let mut reconciler = Reconciler {
         client,
-        appliance: Appliance::new(args.appliance.clone(), credentials),
+        appliance: Appliance::new(args.connection.appliance.clone(), credentials),
         metrics: metrics.clone(),
         dismissed: Default::default(),
         namespaces: args.namespaces.clone(),
@@ -283,7 +210,7 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
         addr: args.listen,
         source,
     })?;
-    tracing::info!(appliance = %args.appliance, poll = ?args.poll_interval, "operator started");
+    tracing::info!(appliance = %args.connection.appliance, poll = ?args.poll_interval, "operator started");
     loop {
         let wait = match reconciler.pass(chrono::Utc::now()).await {
             Ok(()) => {

@@ -14,6 +14,7 @@
 //!   Flight client can write it without matching nested field names.
 
 mod ack;
+pub mod agent;
 pub mod bootstrap;
 pub mod client;
 mod tables;
