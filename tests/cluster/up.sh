@@ -535,6 +535,9 @@ evictionHard:
   nodefs.inodesFree: 1%
   imagefs.available: 1%
 evictionPressureTransitionPeriod: 10s
+# emptyDir usage is measured every 10 s instead of every minute, so an emptyDir
+# over its sizeLimit is evicted within seconds (the collector test relies on it).
+volumeStatsAggPeriod: 10s
 nodeStatusUpdateFrequency: 10s
 runtimeRequestTimeout: 2m
 EOF

@@ -308,6 +308,26 @@ async fn the_collector_reports_usage_throttling_oom_kills_and_workload_changes_b
         "{requests: {cpu: 1000}}",
         "[]",
     ));
+    manifest.push_str("---\n");
+    // The kubelet's eviction manager evicts this pod for real: its emptyDir outgrows its
+    // sizeLimit (the test nodes measure emptyDirs every 10 s, see tests/cluster/up.sh).
+    manifest.push_str(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: fill, namespace: {ns}}}
+spec:
+  terminationGracePeriodSeconds: 0
+  containers:
+  - name: main
+    image: {image}
+    imagePullPolicy: Never
+    command: ["sh", "-c", "dd if=/dev/zero of=/scratch/fill bs=1M count=8; sleep 3600"]
+    volumeMounts: [{{name: scratch, mountPath: /scratch}}]
+  volumes:
+  - name: scratch
+    emptyDir: {{sizeLimit: 1Mi}}
+"#
+    ));
     cluster.apply(&manifest);
 
     // Informers synced: /readyz turns 200.
@@ -499,6 +519,39 @@ spec:
     assert!(
         unschedulable[1].as_str().is_some_and(|m| m.contains("cpu")),
         "the scheduler's message names the resource: {unschedulable:?}"
+    );
+
+    // The kubelet's eviction reaches `events` once, with the kubelet's reason.
+    let evicted = eventually(
+        "the evicted pod in events",
+        Duration::from_secs(90),
+        async || {
+            let found = rows(
+                &appliance,
+                &format!(
+                    "SELECT reason, message, node FROM events WHERE namespace = '{ns}' AND pod = 'fill'"
+                ),
+            )
+            .await;
+            let evictions: Vec<_> = found.iter().filter(|r| r[0] == "Evicted").collect();
+            match evictions.as_slice() {
+                [one] => Ok((*one).clone()),
+                _ => Err(format!("{found:?}")),
+            }
+        },
+    )
+    .await;
+    assert!(
+        evicted[1]
+            .as_str()
+            .is_some_and(|m| m.contains("EmptyDir volume \"scratch\" exceeds the limit")),
+        "the kubelet's message: {evicted:?}"
+    );
+    assert!(
+        evicted[2]
+            .as_str()
+            .is_some_and(|n| n.starts_with("tally-n")),
+        "{evicted:?}"
     );
 
     // Nodes: real ones with usage, kubelet-less ones with their labels and capacity only.
