@@ -76,6 +76,19 @@ fi
 step "cargo test"
 cargo test --workspace --quiet -- --test-threads=2
 
+if [ -z "${TALLY_KUBECONFIG:-}" ]; then
+  # The path a user takes with their own cluster: only a kubeconfig (the test cluster's
+  # admin one), no env file of ours (TALLY_CLUSTER_DIR points nowhere), kubectl from PATH.
+  step "the collector's tests again, through TALLY_KUBECONFIG alone (as against a user's cluster)"
+  (
+    source /tmp/tally-cluster/env
+    PATH="$(dirname "$TALLY_KUBECTL"):$PATH" \
+    TALLY_KUBECONFIG="$TALLY_ADMIN_KUBECONFIG" TALLY_CLUSTER_DIR=/nonexistent \
+      env -u TALLY_KUBECTL -u TALLY_IMAGE_BUSYBOX \
+      cargo test --quiet -p tally-e2e --test e2e -- --test-threads=2 collector::
+  )
+fi
+
 step "benchmarks at a tiny size (so they cannot rot; real numbers: benchmarks/RESULTS.md)"
 cargo build --quiet -p tally-benchmarks -p tally-agent
 "$CARGO_TARGET_DIR/debug/tally-bench" --results "$CARGO_TARGET_DIR/bench-tiny.md" all --tiny >/dev/null
