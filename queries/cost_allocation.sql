@@ -1,27 +1,36 @@
 -- Cost allocation, OpenCost's model: every container is charged, for every hour it ran,
--- max(request, usage) of CPU and of memory at its node's unit prices; what the nodes cost
--- beyond that is idle. Aggregated by any set of namespace, controller (or workload),
--- controllerKind, node, pod, container and one label (label:<key>), comma-separated.
+-- max(request, usage) of CPU and of memory at its node's unit prices, plus its pod's network
+-- cost; what the nodes cost beyond CPU and memory is idle. Aggregated by any set of
+-- namespace, controller (or workload), controllerKind, node, pod, container and one label
+-- (label:<key>), comma-separated.
 --
 -- Parameters:
 --   $window_start, $window_end   [start, end), whole hours
 --   $aggregate                   e.g. 'namespace', 'namespace,controller', 'label:team', 'node'
 --   $default_cpu_core_hour_usd, $default_memory_gib_hour_usd  see node_prices.sql
+--   $provider                    whose network rates apply ('aws', 'gcp', 'azure'; '' for
+--                                the provider of the nodes' instance types)
 --
 -- Usage is the hour's mean (rollup sum / samples). Requests are the workload spec's newest
 -- before the window's end (a change of requests inside the window is not split). A container
 -- that ran part of an hour is charged that part: its samples over its node's samples in the
 -- hour. Nodes are charged for every hour they reported. Idle rows are named __idle__ (with
 -- the node in front when aggregating by node), as OpenCost names them.
--- GPU, persistent volume and network costs are 0: no GPU or volume prices are stored yet,
--- and network rates arrive with network monitoring; they are never made up.
+-- Network: each flow of the window is classified and priced by network_classified.sql (whose
+-- CTEs come first: queries/src/network.rs assembles this query), summed per source pod and
+-- shared equally by that pod's container-hours. Traffic of pods that have no usage sample in
+-- the window (a pod that lived less than a sampling interval) is reported in one row,
+-- __network_without_usage__, rather than dropped. Network cost is not part of a node's
+-- price, so it does not change idle.
+-- GPU and persistent volume costs are 0: no GPU or volume prices are stored yet; they are
+-- never made up.
 -- Efficiency: usage / request per resource; total efficiency weights each by its cost.
-WITH params AS (
+, params AS (
   SELECT
     string_to_array($aggregate, ',') AS agg,
     regexp_match($aggregate, 'label:([^,]+)')[1] AS label_key
 ),
-nodes AS (
+billed_nodes AS (
   SELECT * FROM (
     SELECT
       node, region, instance_type, capacity_type, cpu_capacity_cores, memory_capacity_bytes,
@@ -55,7 +64,7 @@ node_price AS (
     h.hourly_usd * h.memory_weight / (h.cpu_weight + h.memory_weight)
       / (n.memory_capacity_bytes / 1073741824.0) AS memory_gib_hour_usd,
     h.hourly_usd
-  FROM nodes n
+  FROM billed_nodes n
   JOIN (
     SELECT
       n.node,
@@ -64,7 +73,7 @@ node_price AS (
         + n.memory_capacity_bytes / 1073741824.0 * $default_memory_gib_hour_usd) AS hourly_usd,
       n.cpu_capacity_cores * $default_cpu_core_hour_usd AS cpu_weight,
       n.memory_capacity_bytes / 1073741824.0 * $default_memory_gib_hour_usd AS memory_weight
-    FROM nodes n
+    FROM billed_nodes n
     LEFT JOIN price p
       ON p.region = n.region AND p.instance_type = n.instance_type
       AND p.capacity_type = n.capacity_type
@@ -94,9 +103,21 @@ container_hours AS (
   WHERE time >= $window_start AND time < $window_end
   GROUP BY namespace, pod, container, node, workload_kind, workload_name, time
 ),
+pod_network AS (
+  SELECT
+    src_namespace AS namespace, src_pod AS pod,
+    sum(tx_bytes) AS tx_bytes, sum(rx_bytes) AS rx_bytes, sum(cost_usd) AS cost_usd
+  FROM priced
+  WHERE src_pod IS NOT NULL
+  GROUP BY src_namespace, src_pod
+),
 allocated AS (
   SELECT
     c.*,
+    -- The pod's traffic, shared equally by its container-hours.
+    CAST(coalesce(n.tx_bytes, 0) AS DOUBLE) / count(*) OVER (PARTITION BY c.namespace, c.pod) AS network_tx_bytes,
+    CAST(coalesce(n.rx_bytes, 0) AS DOUBLE) / count(*) OVER (PARTITION BY c.namespace, c.pod) AS network_rx_bytes,
+    coalesce(n.cost_usd, 0.0) / count(*) OVER (PARTITION BY c.namespace, c.pod) AS network_cost,
     least(1.0, CAST(c.samples AS DOUBLE) / coalesce(h.samples, c.samples)) AS hours,
     coalesce(s.cpu_request_cores, 0.0) AS cpu_request,
     CAST(coalesce(s.memory_request_bytes, 0) AS DOUBLE) AS memory_request,
@@ -109,6 +130,14 @@ allocated AS (
     ON s.namespace = c.namespace AND s.kind = c.workload_kind AND s.name = c.workload_name
     AND s.container = c.container
   LEFT JOIN node_price p ON p.node = c.node
+  LEFT JOIN pod_network n ON n.namespace = c.namespace AND n.pod = c.pod
+),
+network_without_usage AS (
+  SELECT n.*
+  FROM pod_network n
+  LEFT JOIN (SELECT DISTINCT namespace, pod FROM container_hours) c
+    ON c.namespace = n.namespace AND c.pod = n.pod
+  WHERE c.pod IS NULL
 ),
 charged AS (
   SELECT
@@ -160,8 +189,10 @@ SELECT
   sum(memory_cost) AS ram_cost_usd,
   0.0 AS gpu_cost_usd,
   0.0 AS pv_cost_usd,
-  0.0 AS network_cost_usd,
-  sum(cpu_cost + memory_cost) AS total_cost_usd,
+  sum(network_cost) AS network_cost_usd,
+  sum(network_tx_bytes) AS network_transfer_bytes,
+  sum(network_rx_bytes) AS network_receive_bytes,
+  sum(cpu_cost + memory_cost + network_cost) AS total_cost_usd,
   CASE WHEN sum(hours * cpu_request) > 0
     THEN sum(hours * cpu_cores) / sum(hours * cpu_request) END AS cpu_efficiency,
   CASE WHEN sum(hours * memory_request) > 0
@@ -185,10 +216,20 @@ UNION ALL
 SELECT
   name,
   NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-  0.0, 0.0, 0.0,
+  0.0, 0.0, 0.0, NULL, NULL,
   sum(idle_usd),
   NULL, NULL, NULL,
   NULL, NULL
 FROM idle
 GROUP BY name
+UNION ALL
+SELECT
+  '__network_without_usage__',
+  NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+  0.0, 0.0, sum(cost_usd), sum(tx_bytes), sum(rx_bytes),
+  sum(cost_usd),
+  NULL, NULL, NULL,
+  NULL, NULL
+FROM network_without_usage
+HAVING count(*) > 0
 ORDER BY name

@@ -1,6 +1,7 @@
 -- The shared first half of every network view (not a query by itself): the flows of the
 -- window [$window_start, $window_end), each with its source workload, its destination
--- resolved and classified, and its cost at $provider's rates. queries/src/network.rs puts
+-- resolved and classified, and its cost at $provider's rates ('' for the provider the
+-- nodes' instance types belong to, see cluster_provider below). queries/src/network.rs puts
 -- `WITH class_rules AS (network_class_rules.sql), rates AS (network_rates.sql),` before it
 -- and the view's own SELECT after it.
 --
@@ -50,10 +51,33 @@ nodes AS (
   SELECT
     node,
     first_value(zone ORDER BY time DESC) AS zone,
-    first_value(region ORDER BY time DESC) AS region
+    first_value(region ORDER BY time DESC) AS region,
+    first_value(instance_type ORDER BY time DESC) AS instance_type
   FROM node_usage
   WHERE time < $window_end
   GROUP BY node
+),
+-- The cloud whose rates apply: $provider, or when it is '' the provider whose price catalog
+-- holds the instance types (in their regions) of the most nodes. A cluster none of whose
+-- nodes is in the catalog has no provider: its traffic is classified but costs 0.
+cluster_provider AS (
+  SELECT provider FROM (
+    SELECT $provider AS provider WHERE $provider <> ''
+    UNION ALL
+    SELECT provider FROM (
+      SELECT p.provider
+      FROM nodes n
+      JOIN (SELECT DISTINCT provider, region, instance_type FROM prices) p
+        ON p.region = n.region AND p.instance_type = n.instance_type
+      WHERE $provider = ''
+      GROUP BY p.provider
+      ORDER BY count(*) DESC, p.provider
+      LIMIT 1
+    )
+  )
+),
+cluster_rates AS (
+  SELECT r.* FROM rates r JOIN cluster_provider c ON c.provider = r.provider
 ),
 destinations AS (
   SELECT DISTINCT dst_ip, dst_domain FROM flows
@@ -106,5 +130,5 @@ priced AS (
     c.tx_bytes / 1073741824.0 * coalesce(r.usd_per_gib_tx, 0.0)
       + c.rx_bytes / 1073741824.0 * coalesce(r.usd_per_gib_rx, 0.0) AS cost_usd
   FROM classified c
-  LEFT JOIN rates r ON r.class = c.class AND r.provider = $provider
+  LEFT JOIN cluster_rates r ON r.class = c.class
 )

@@ -64,13 +64,12 @@ pub const INSTANCE_PRICES: Query = crate::query!("instance_prices", ["at"]);
 /// Cost allocation (OpenCost's model), aggregated by `$aggregate`. Columns: name,
 /// cpu_cores, cpu_core_request_hours, cpu_core_usage_hours, cpu_core_hours, cpu_cost_usd,
 /// ram_byte_request_hours, ram_byte_usage_hours, ram_byte_hours, ram_cost_usd, gpu_cost_usd,
-/// pv_cost_usd, network_cost_usd, total_cost_usd, cpu_efficiency, ram_efficiency,
-/// total_efficiency, first_hour, last_hour.
-pub const COST_ALLOCATION: Query = crate::query!(
+/// pv_cost_usd, network_cost_usd, network_transfer_bytes, network_receive_bytes,
+/// total_cost_usd, cpu_efficiency, ram_efficiency, total_efficiency, first_hour, last_hour.
+/// Its network cost comes from network_classified.sql, so `$provider` is a parameter too.
+pub const COST_ALLOCATION: Query = crate::network::network_view!(
     "cost_allocation",
     [
-        "window_start",
-        "window_end",
         "aggregate",
         "default_cpu_core_hour_usd",
         "default_memory_gib_hour_usd"

@@ -627,12 +627,61 @@ fn cluster_fixture() -> Vec<(Table, RecordBatch)> {
             ),
         ),
     ];
+    // Traffic, priced at AWS's rates (the provider of n1's m5.xlarge in the catalog):
+    // web-1 sends 2 GiB to the internet (0.09 $/GiB out, inbound free): 0.18 $;
+    // job-1 moves 1 GiB each way to S3 through NAT (0.045 $/GiB both ways): 0.09 $;
+    // ghost, which has no usage sample, sends 1 GiB to a VPC address (0.01 $/GiB): 0.01 $;
+    // web-1's flow at 12:00 is outside the window.
+    let flow = |time: &str, ns: &str, pod: &str, dst: &str, domain: &str, tx: i64, rx: i64| {
+        format!(
+            r#"{{"time":"{time}","window_seconds":60,"node":"n1","src_ip":"10.1.0.5","dst_ip":"{dst}","dst_port":443,"protocol":"tcp","src_namespace":"{ns}","src_pod":"{pod}","dst_domain":{domain},"tx_bytes":{tx},"rx_bytes":{rx},"tx_packets":10,"rx_packets":10}}"#
+        )
+    };
+    let flows = vec![
+        flow(
+            "2026-01-05T10:10:00Z",
+            "shop",
+            "web-1",
+            "93.184.216.34",
+            r#""example.com""#,
+            2 * GIB,
+            GIB,
+        ),
+        flow(
+            "2026-01-05T10:20:00Z",
+            "ops",
+            "job-1",
+            "52.216.1.1",
+            r#""s3.us-east-1.amazonaws.com""#,
+            GIB,
+            GIB,
+        ),
+        flow(
+            "2026-01-05T11:10:00Z",
+            "shop",
+            "ghost",
+            "10.200.0.1",
+            "null",
+            GIB,
+            0,
+        ),
+        flow(
+            "2026-01-05T12:00:00Z",
+            "shop",
+            "web-1",
+            "93.184.216.34",
+            r#""example.com""#,
+            100 * GIB,
+            0,
+        ),
+    ];
     vec![
         rows(Table::NodeUsage, &nodes),
         rows(Table::Prices, &prices),
         rows(Table::ContainerUsage, &usage),
         rows(Table::Workloads, &workloads),
         rows(Table::Pods, &pods),
+        rows(Table::NetworkFlows, &flows),
     ]
 }
 
@@ -646,6 +695,8 @@ async fn cluster_queries_match_their_golden_results() {
         ("aggregate", Param::Text("namespace,label:team".into())),
         ("default_cpu_core_hour_usd", Param::Float(0.031611)),
         ("default_memory_gib_hour_usd", Param::Float(0.004237)),
+        // '': the provider is found from the nodes' instance types.
+        ("provider", Param::Text(String::new())),
     ];
     check(
         &[

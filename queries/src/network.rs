@@ -13,9 +13,13 @@
 use crate::Query;
 
 /// Declares a network view: `WITH class_rules AS (..), rates AS (..), <network_classified>`
-/// followed by `queries/<name>.sql`.
+/// followed by `queries/<name>.sql`, with its parameters beyond the window and provider
+/// (cost_allocation.sql is one too: it adds its own CTEs after these).
 macro_rules! network_view {
     ($name:literal) => {
+        network_view!($name, [])
+    };
+    ($name:literal, [$($param:literal),*]) => {
         Query {
             name: $name,
             sql: concat!(
@@ -33,10 +37,11 @@ macro_rules! network_view {
                 )),
                 include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/", $name, ".sql")),
             ),
-            params: &["window_start", "window_end", "provider"],
+            params: &["window_start", "window_end", "provider" $(, $param)*],
         }
     };
 }
+pub(crate) use network_view;
 
 /// The traffic class rules, one row per rule (the lowest matching priority wins).
 pub const NETWORK_CLASS_RULES: Query = crate::query!("network_class_rules", []);

@@ -40,7 +40,7 @@ pub fn router(analyzer: Arc<Analyzer>) -> Router {
 }
 
 /// What the network cost column means until network monitoring prices traffic.
-pub const NETWORK_NOTE: &str = "networkCost, gpuCost and pvCost are 0: network rates arrive with network monitoring, and no GPU or volume prices are stored yet; they are never estimated";
+pub const NETWORK_NOTE: &str = "gpuCost and pvCost are 0: no GPU or volume prices are stored yet, and they are never estimated. networkCost prices each flow netmon measured at its traffic class's list rate (queries/network_rates.sql) for the provider of the nodes' instance types; traffic of pods without usage samples is in __network_without_usage__";
 
 fn error(status: StatusCode, kind: &str, message: impl Into<String>) -> Response {
     (
@@ -237,6 +237,7 @@ pub async fn allocation_json(
                     "default_memory_gib_hour_usd",
                     Param::Float(c.default_memory_gib_hour_usd),
                 ),
+                ("provider", Param::Text(c.cloud_provider.clone())),
             ],
         )
         .await?;
@@ -264,6 +265,11 @@ pub async fn allocation_json(
             get("ram_byte_hours"),
             get("ram_cost_usd"),
         );
+        let (net_cost, net_tx, net_rx) = (
+            get("network_cost_usd"),
+            get("network_transfer_bytes"),
+            get("network_receive_bytes"),
+        );
         let (total, cpu_eff, ram_eff, total_eff) = (
             get("total_cost_usd"),
             get("cpu_efficiency"),
@@ -277,7 +283,7 @@ pub async fn allocation_json(
                 continue;
             }
             let mut properties = Map::new();
-            if !idle {
+            if !idle && n != "__network_without_usage__" {
                 let mut parts = n.splitn(FIELDS.len() + 1, '/');
                 for field in FIELDS.iter().filter(|f| aggregate.iter().any(|a| a == *f)) {
                     if let Some(v) = parts.next() {
@@ -314,9 +320,9 @@ pub async fn allocation_json(
                     "gpuHours": 0.0,
                     "gpuCost": 0.0,
                     "gpuCostAdjustment": 0.0,
-                    "networkTransferBytes": 0.0,
-                    "networkReceiveBytes": 0.0,
-                    "networkCost": 0.0,
+                    "networkTransferBytes": z(net_tx[i]),
+                    "networkReceiveBytes": z(net_rx[i]),
+                    "networkCost": z(net_cost[i]),
                     "networkCostAdjustment": 0.0,
                     "loadBalancerCost": 0.0,
                     "pvBytes": 0.0,

@@ -100,6 +100,9 @@ pub struct AnalysisConfig {
     pub swing_for_hpa: f64,
     pub default_cpu_core_hour_usd: f64,
     pub default_memory_gib_hour_usd: f64,
+    /// Whose network rates price traffic ('aws', 'gcp', 'azure'); empty: the provider whose
+    /// catalog holds the nodes' instance types (queries/network_classified.sql).
+    pub cloud_provider: String,
     pub consolidation: consolidation::ConsolidationConfig,
 }
 
@@ -123,6 +126,7 @@ impl Default for AnalysisConfig {
             swing_for_hpa: 2.0,
             // OpenCost's defaults.
             default_cpu_core_hour_usd: 0.031611,
+            cloud_provider: String::new(),
             default_memory_gib_hour_usd: 0.004237,
             consolidation: consolidation::ConsolidationConfig::default(),
         }

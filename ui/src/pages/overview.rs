@@ -37,6 +37,8 @@ pub async fn cost_allocation(state: &UiState, aggregate: &str) -> Result<Rows, d
         "default_memory_gib_hour_usd",
         Param::Float(DEFAULT_MEMORY_GIB_HOUR_USD),
     ));
+    // The provider of the nodes' instance types prices the network.
+    params.push(("provider", Param::Text(String::new())));
     data::run(&state.engine, &analysis::COST_ALLOCATION, &params).await
 }
 
@@ -81,30 +83,37 @@ fn costs(state: &UiState, rows: &Rows) -> (Markup, Option<f64>, Option<f64>) {
     let mut idle = 0.0;
     let mut allocated = 0.0;
     let mut by_namespace: Vec<(String, f64)> = Vec::new();
+    let mut network = 0.0;
     let mut weighted_efficiency = 0.0;
+    let mut compute = 0.0;
     for r in rows.iter() {
         let cost = r.float("total_cost_usd").unwrap_or(0.0) * per_month;
         if r.text("name").contains("__idle__") {
             idle += cost;
         } else {
             allocated += cost;
-            weighted_efficiency += cost * r.float("total_efficiency").unwrap_or(0.0);
+            let net = r.float("network_cost_usd").unwrap_or(0.0) * per_month;
+            network += net;
+            // Efficiency is about CPU and memory: weigh it by their cost alone.
+            compute += cost - net;
+            weighted_efficiency += (cost - net) * r.float("total_efficiency").unwrap_or(0.0);
             by_namespace.push((r.text("name").to_string(), cost));
         }
     }
     by_namespace.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     by_namespace.truncate(15);
-    let efficiency = (allocated > 0.0).then(|| weighted_efficiency / allocated);
+    let efficiency = (compute > 0.0).then(|| weighted_efficiency / compute);
     let markup = html! {
         div.stats {
             (stat("Cluster cost / month", &format::usd(Some(allocated + idle)), &format!("at the last {} days' rate", state.window_days)))
             (stat("Allocated", &format::usd(Some(allocated)), "max(request, usage) × unit price, per container"))
             (stat("Idle", &format::usd(Some(idle)), &format!("{} of node cost nobody requested or used", format::percent((allocated + idle > 0.0).then(|| idle / (allocated + idle))))))
+            (stat("Network", &format::usd(Some(network)), "measured flows × their class's rate, in allocated"))
             (stat("Efficiency", &format::percent(efficiency), "usage ÷ requests, weighted by cost"))
         }
         h3 { "Cost per month by namespace" }
         (bars("Cost per month by namespace", &by_namespace, |v| format::usd(Some(v))))
-        p.hint { "GPU, storage and network costs are not included yet: no GPU or volume prices are stored, and network rates arrive with network monitoring." }
+        p.hint { "GPU and storage costs are not included: no GPU or volume prices are stored. Network cost is each flow the node agents measured, at its traffic class's list rate (see the Network page); __network_without_usage__ is traffic of pods that left no usage sample." }
     };
     (markup, Some(allocated + idle), efficiency)
 }
