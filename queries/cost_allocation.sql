@@ -6,7 +6,9 @@
 --
 -- Parameters:
 --   $window_start, $window_end   [start, end), whole hours
---   $aggregate                   e.g. 'namespace', 'namespace,controller', 'label:team', 'node'
+--   $aggregate                   e.g. 'namespace', 'namespace,controller', 'label:team', 'node';
+--                                'hour' splits every row by hour (the hour comes first in
+--                                the name, as 2026-01-05T10:00:00Z/namespace)
 --   $default_cpu_core_hour_usd, $default_memory_gib_hour_usd  see node_prices.sql
 --   $provider                    whose network rates apply ('aws', 'gcp', 'azure'; '' for
 --                                the provider of the nodes' instance types)
@@ -15,7 +17,7 @@
 -- before the window's end (a change of requests inside the window is not split). A container
 -- that ran part of an hour is charged that part: its samples over its node's samples in the
 -- hour. Nodes are charged for every hour they reported. Idle rows are named __idle__ (with
--- the node in front when aggregating by node), as OpenCost names them.
+-- the node, and the hour, in front when aggregating by them), as OpenCost names them.
 -- Network: each flow of the window is classified and priced by network_classified.sql (whose
 -- CTEs come first: queries/src/network.rs assembles this query), summed per source pod and
 -- shared equally by that pod's container-hours. Traffic of pods that have no usage sample in
@@ -79,12 +81,6 @@ node_price AS (
       AND p.capacity_type = n.capacity_type
   ) h ON h.node = n.node
 ),
-node_cost AS (
-  SELECT p.node, count(*) AS hours, count(*) * p.hourly_usd AS cost_usd
-  FROM node_hours h
-  JOIN node_price p ON p.node = h.node
-  GROUP BY p.node, p.hourly_usd
-),
 spec AS (
   SELECT * FROM (
     SELECT
@@ -147,6 +143,7 @@ charged AS (
     a.hours * greatest(a.cpu_request, a.cpu_cores) * a.cpu_price AS cpu_cost,
     a.hours * greatest(a.memory_request, a.memory_bytes) / 1073741824.0 * a.memory_price AS memory_cost,
     concat_ws('/',
+      CASE WHEN array_has(params.agg, 'hour') THEN to_char(a.hour, '%Y-%m-%dT%H:%M:%SZ') END,
       CASE WHEN array_has(params.agg, 'cluster') THEN 'cluster' END,
       CASE WHEN array_has(params.agg, 'node') THEN a.node END,
       CASE WHEN array_has(params.agg, 'namespace') THEN a.namespace END,
@@ -162,18 +159,29 @@ charged AS (
   FROM allocated a
   CROSS JOIN params
 ),
-per_node AS (
-  SELECT node, sum(cpu_cost + memory_cost) AS allocated_usd
+-- Idle per node and hour: what the node cost that hour minus what its containers were
+-- charged (summed over the window this is the node's cost minus its allocations).
+node_hour_cost AS (
+  SELECT h.node, h.hour, p.hourly_usd
+  FROM node_hours h
+  JOIN node_price p ON p.node = h.node
+),
+node_hour_allocated AS (
+  SELECT node, hour, sum(cpu_cost + memory_cost) AS allocated_usd
   FROM charged
-  GROUP BY node
+  GROUP BY node, hour
 ),
 idle AS (
   SELECT
-    CASE WHEN array_has(params.agg, 'node') THEN concat(c.node, '/__idle__') ELSE '__idle__' END AS name,
-    c.cost_usd - coalesce(a.allocated_usd, 0.0) AS idle_usd,
-    c.hours
-  FROM node_cost c
-  LEFT JOIN per_node a ON a.node = c.node
+    concat_ws('/',
+      CASE WHEN array_has(params.agg, 'hour')
+        THEN to_char(coalesce(c.hour, a.hour), '%Y-%m-%dT%H:%M:%SZ') END,
+      CASE WHEN array_has(params.agg, 'node') THEN coalesce(c.node, a.node) END,
+      '__idle__'
+    ) AS name,
+    coalesce(c.hourly_usd, 0.0) - coalesce(a.allocated_usd, 0.0) AS idle_usd
+  FROM node_hour_cost c
+  FULL OUTER JOIN node_hour_allocated a ON a.node = c.node AND a.hour = c.hour
   CROSS JOIN params
 )
 SELECT

@@ -10,12 +10,12 @@ use arrow::array::RecordBatch;
 use chrono::{DateTime, Utc};
 use tally_wire::Table;
 
-use crate::Param;
 use crate::analysis::{
     CONSOLIDATION_PODS, COST_ALLOCATION, INSTANCE_PRICES, LATEST_RECOMMENDATIONS, NODE_PRICES,
     REPLICAS, RIGHTSIZING,
 };
 use crate::golden::{check, engine_with};
+use crate::{Param, Query};
 
 const MIB: i64 = 1 << 20;
 const GIB: i64 = 1 << 30;
@@ -707,6 +707,21 @@ async fn cluster_queries_match_their_golden_results() {
         ],
         &engine,
         &params,
+        "queries/src/golden_analysis.rs (cluster_fixture)",
+    )
+    .await;
+    // The same allocation split by hour and node (the overview's cost over time): each
+    // node-hour's idle is its price minus what its containers were charged that hour.
+    let mut by_hour = params.to_vec();
+    by_hour.retain(|(name, _)| *name != "aggregate");
+    by_hour.push(("aggregate", Param::Text("hour,node".into())));
+    check(
+        &[Query {
+            name: "cost_allocation_by_hour",
+            ..COST_ALLOCATION
+        }],
+        &engine,
+        &by_hour,
         "queries/src/golden_analysis.rs (cluster_fixture)",
     )
     .await;

@@ -526,3 +526,42 @@ async fn assets_are_embedded() {
     assert_eq!(status, StatusCode::OK);
     assert!(page.contains("one-time sign-in link"), "{page}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_overview_charts_cost_over_time_from_the_same_allocation_as_its_totals() {
+    let f = fixture().await;
+    let (status, _, page) = send(&f.app, get("/", &f.admin, false)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(!page.contains("not charted yet"), "{page}");
+    let chart = page
+        .split("<h2>Cost over time</h2>")
+        .nth(1)
+        .expect("a Cost over time card");
+    let chart = &chart[..chart.find("</section>").unwrap_or(chart.len())];
+    assert!(
+        chart.contains("<svg") && chart.contains("Cluster cost and allocated cost per hour, USD"),
+        "{chart}"
+    );
+    assert!(chart.contains("Cluster cost (allocated + idle)"), "{chart}");
+    assert!(chart.contains("Allocated to workloads"), "{chart}");
+    // Hourly points: the fixture has three hours of history, two of them whole.
+    let rows = crate::pages::overview::cost_allocation(&f.state, "hour,namespace")
+        .await
+        .unwrap();
+    let hours: std::collections::BTreeSet<&str> = rows
+        .iter()
+        .filter_map(|r| r.text("name").split_once('/').map(|(h, _)| h))
+        .collect();
+    assert!(hours.len() >= 2, "{hours:?}");
+    // Namespaces are summed over the hours: each appears once in the bars.
+    let by_namespace = page
+        .split("Cost per month by namespace")
+        .nth(2)
+        .unwrap_or("");
+    for h in &hours {
+        assert!(
+            !by_namespace.contains(h),
+            "hours do not leak into namespace names"
+        );
+    }
+}

@@ -69,7 +69,8 @@ async fn cached_cost_allocation(state: &UiState) -> Result<std::sync::Arc<Rows>,
     {
         return Ok(cached.rows.clone());
     }
-    let rows = std::sync::Arc::new(cost_allocation(state, "namespace").await?);
+    // By hour too: the same rows give the totals per namespace and the cost over time.
+    let rows = std::sync::Arc::new(cost_allocation(state, "hour,namespace").await?);
     *slot = (!rows.is_empty()).then(|| CachedAllocation {
         end_hour,
         computed: std::time::Instant::now(),
@@ -88,7 +89,8 @@ fn costs(state: &UiState, rows: &Rows) -> (Markup, Option<f64>, Option<f64>) {
     let mut compute = 0.0;
     for r in rows.iter() {
         let cost = r.float("total_cost_usd").unwrap_or(0.0) * per_month;
-        if r.text("name").contains("__idle__") {
+        let (_, name) = split_hour(r.text("name"));
+        if name.contains("__idle__") {
             idle += cost;
         } else {
             allocated += cost;
@@ -97,7 +99,10 @@ fn costs(state: &UiState, rows: &Rows) -> (Markup, Option<f64>, Option<f64>) {
             // Efficiency is about CPU and memory: weigh it by their cost alone.
             compute += cost - net;
             weighted_efficiency += (cost - net) * r.float("total_efficiency").unwrap_or(0.0);
-            by_namespace.push((r.text("name").to_string(), cost));
+            match by_namespace.iter_mut().find(|(n, _)| n == name) {
+                Some((_, sum)) => *sum += cost,
+                None => by_namespace.push((name.to_string(), cost)),
+            }
         }
     }
     by_namespace.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
@@ -116,6 +121,58 @@ fn costs(state: &UiState, rows: &Rows) -> (Markup, Option<f64>, Option<f64>) {
         p.hint { "GPU and storage costs are not included: no GPU or volume prices are stored. Network cost is each flow the node agents measured, at its traffic class's list rate (see the Network page); __network_without_usage__ is traffic of pods that left no usage sample." }
     };
     (markup, Some(allocated + idle), efficiency)
+}
+
+/// Splits an allocation row's name into its hour (milliseconds) and the rest:
+/// `2026-01-05T10:00:00Z/shop` → (hour, "shop"). Names without an hour (the rows of pods
+/// without usage samples) have none.
+fn split_hour(name: &str) -> (Option<i64>, &str) {
+    match name.split_once('/') {
+        Some((hour, rest)) => match chrono::DateTime::parse_from_rfc3339(hour) {
+            Ok(t) => (Some(t.timestamp_millis()), rest),
+            Err(_) => (None, name),
+        },
+        None => match chrono::DateTime::parse_from_rfc3339(name) {
+            Ok(t) => (Some(t.timestamp_millis()), ""),
+            Err(_) => (None, name),
+        },
+    }
+}
+
+/// Cost per hour over the window: what the nodes cost (allocated + idle) and what was
+/// allocated to workloads, from the same allocation as the totals above.
+fn cost_chart(rows: &Rows) -> Markup {
+    let mut hours: std::collections::BTreeMap<i64, (f64, f64)> = Default::default();
+    for r in rows.iter() {
+        let (Some(hour), name) = split_hour(r.text("name")) else {
+            continue;
+        };
+        let cost = r.float("total_cost_usd").unwrap_or(0.0);
+        let entry = hours.entry(hour).or_default();
+        entry.0 += cost;
+        if !name.contains("__idle__") {
+            entry.1 += cost;
+        }
+    }
+    LineChart {
+        title: "Cluster cost and allocated cost per hour, USD",
+        series: vec![
+            Series {
+                name: "Cluster cost (allocated + idle)".into(),
+                points: hours.iter().map(|(t, v)| (*t, v.0)).collect(),
+                dashed: false,
+            },
+            Series {
+                name: "Allocated to workloads".into(),
+                points: hours.iter().map(|(t, v)| (*t, v.1)).collect(),
+                dashed: true,
+            },
+        ],
+        references: Vec::<Reference>::new(),
+        markers: vec![],
+        unit: |v| format!("{} /h", format::usd(Some(v))),
+    }
+    .render()
 }
 
 fn usage_chart(rows: &Rows) -> Markup {
@@ -204,12 +261,14 @@ pub async fn page(State(state): State<UiState>, viewer: Viewer) -> Response {
             Ok(rows) => costs(&state, rows).0,
             Err(error) => layout::data_error(error),
         }))
+        (card("Cost over time", match &allocation {
+            Ok(rows) if rows.is_empty() => layout::empty("No cost yet.", "The chart starts once nodes have reported for a whole hour."),
+            Ok(rows) => cost_chart(rows),
+            Err(error) => layout::data_error(error),
+        }))
         (card("CPU over time", match &usage {
             Ok(rows) if rows.is_empty() => layout::empty("No node samples yet.", "Nodes appear once the collector reports them."),
-            Ok(rows) => html! {
-                (usage_chart(rows))
-                (layout::not_yet("Cost over time:", "not charted yet; the cost above covers the whole window."))
-            },
+            Ok(rows) => usage_chart(rows),
             Err(error) => layout::data_error(error),
         }))
         (card("Top recommendations", match &recommendations {
