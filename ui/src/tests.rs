@@ -565,3 +565,91 @@ async fn the_overview_charts_cost_over_time_from_the_same_allocation_as_its_tota
         );
     }
 }
+
+/// One AWS on-demand price per simulated instance type (0.05 $ per vCPU-hour), so the
+/// network page can find the provider and price traffic.
+fn aws_prices(now_ms: i64) -> RecordBatch {
+    let types: Vec<_> = tally_simulator::instance_types().collect();
+    let n = types.len();
+    let text = |v: Vec<&str>| Arc::new(StringArray::from(v)) as _;
+    RecordBatch::try_new(
+        Table::Prices.schema(),
+        vec![
+            Arc::new(
+                TimestampMillisecondArray::from(vec![now_ms - 30 * 86_400_000; n])
+                    .with_timezone("UTC"),
+            ),
+            text(vec!["aws"; n]),
+            text(vec!["us-east-1"; n]),
+            text(types.iter().map(|t| t.name).collect()),
+            text(vec!["on_demand"; n]),
+            Arc::new(Float64Array::from(
+                types
+                    .iter()
+                    .map(|t| 0.05 * f64::from(t.vcpu))
+                    .collect::<Vec<_>>(),
+            )),
+            Arc::new(Float64Array::from(
+                types
+                    .iter()
+                    .map(|t| Some(f64::from(t.vcpu)))
+                    .collect::<Vec<_>>(),
+            )),
+            Arc::new(Int64Array::from(
+                types
+                    .iter()
+                    .map(|t| Some(i64::from(t.memory_gib) << 30))
+                    .collect::<Vec<_>>(),
+            )),
+            Arc::new(Int64Array::from(vec![Some(0); n])),
+            text(vec!["catalog"; n]),
+        ],
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_network_page_shows_traffic_and_cost_by_class_and_egress_by_domain() {
+    let f = fixture().await;
+    // Without prices no provider is known: classes show, at no cost.
+    let (status, _, page) = send(&f.app, get("/network", &f.admin, false)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        page.contains("<h2>Traffic and cost by class</h2>"),
+        "{page}"
+    );
+    assert!(page.contains("<td>internet_egress</td>"), "{page}");
+    assert!(!page.contains("Could not read this"), "{page}");
+
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    f.state
+        .store
+        .write(Table::Prices, aws_prices(now_ms))
+        .await
+        .unwrap();
+    let (_, _, page) = send(&f.app, get("/network", &f.admin, false)).await;
+    let classes = page
+        .split("<h2>Traffic and cost by class</h2>")
+        .nth(1)
+        .unwrap();
+    let classes = &classes[..classes.find("</section>").unwrap()];
+    // Internet egress is billed at AWS's 0.09 $/GiB: its row has a cost above zero.
+    let egress_row = classes
+        .split("<tr>")
+        .find(|row| row.contains("<td>internet_egress</td>"))
+        .expect("an internet_egress row");
+    let cost = egress_row
+        .rsplit("<td class=\"n\">")
+        .next()
+        .unwrap()
+        .trim_end_matches(|c: char| !c.is_ascii_digit());
+    let usd: f64 = cost
+        .trim_start_matches('$')
+        .replace(',', "")
+        .parse()
+        .unwrap_or_else(|e| panic!("{cost:?}: {e}; {egress_row}"));
+    assert!(usd > 0.0, "{egress_row}");
+    assert!(page.contains("<h2>Egress by domain</h2>"));
+    assert!(page.contains("<h2>Costliest workload pairs</h2>"));
+    assert!(page.contains("queries/network_cost_by_class.sql"));
+}

@@ -1,11 +1,13 @@
-//! Network: raw traffic by destination and the top talkers. Classification (same-zone,
-//! cross-zone, egress, private link, …) and per-class cost arrive with network monitoring's
-//! queries; until then the page says so and shows only what is measured.
+//! Network: traffic and cost by class (same-zone, cross-zone, cross-region, internet egress,
+//! private link, control plane, cloud APIs, …), egress by domain, the costliest workload
+//! pairs, and raw traffic by destination and by talker. Classes and rates come from
+//! queries/network_class_rules.sql and queries/network_rates.sql, for the provider of the
+//! nodes' instance types.
 
 use axum::extract::State;
 use axum::response::Response;
 use maud::{Markup, html};
-use tally_queries::ui;
+use tally_queries::{Param, network, ui};
 
 use crate::chart::bars;
 use crate::data::{self, Rows};
@@ -69,17 +71,125 @@ fn talkers(rows: &Rows) -> Markup {
     }
 }
 
+/// Scales a cost over the page's window to a month.
+fn monthly(state: &UiState, usd: Option<f64>) -> Option<f64> {
+    usd.map(|v| v * super::overview::HOURS_PER_MONTH / (state.window_days as f64 * 24.0))
+}
+
+fn classes(state: &UiState, rows: &Rows) -> Markup {
+    let bars_data: Vec<(String, f64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.text("class").to_string(),
+                monthly(state, r.float("cost_usd")).unwrap_or(0.0),
+            )
+        })
+        .collect();
+    html! {
+        (bars("Network cost per month by traffic class", &bars_data, |v| format::usd(Some(v))))
+        table.data {
+            thead { tr { th scope="col" { "Class" } th.n scope="col" { "Flows" } th.n scope="col" { "Sent" } th.n scope="col" { "Received" } th.n scope="col" { "Cost / month" } } }
+            tbody {
+                @for r in rows.iter() {
+                    tr {
+                        td { (r.text("class")) }
+                        td.n { (r.int("flows").unwrap_or(0)) }
+                        td.n { (format::bytes(r.float("tx_bytes"))) }
+                        td.n { (format::bytes(r.float("rx_bytes"))) }
+                        td.n { (format::usd(monthly(state, r.float("cost_usd")))) }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn egress(state: &UiState, rows: &Rows) -> Markup {
+    html! {
+        div.scroll {
+            table.data {
+                thead { tr { th scope="col" { "Domain or address" } th scope="col" { "Class" } th.n scope="col" { "Client pods" } th.n scope="col" { "Sent" } th.n scope="col" { "Received" } th.n scope="col" { "Cost / month" } } }
+                tbody {
+                    @for r in rows.iter().take(50) {
+                        tr {
+                            td { code { (r.text("destination")) } }
+                            td { (r.text("class")) }
+                            td.n { (r.int("client_pods").unwrap_or(0)) }
+                            td.n { (format::bytes(r.float("tx_bytes"))) }
+                            td.n { (format::bytes(r.float("rx_bytes"))) }
+                            td.n { (format::usd(monthly(state, r.float("cost_usd")))) }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn pairs(state: &UiState, rows: &Rows) -> Markup {
+    html! {
+        div.scroll {
+            table.data {
+                thead { tr { th scope="col" { "From" } th scope="col" { "To" } th scope="col" { "Class" } th.n scope="col" { "Sent" } th.n scope="col" { "Received" } th.n scope="col" { "Cost / month" } } }
+                tbody {
+                    @for r in rows.iter().take(25) {
+                        tr {
+                            td { (r.text("src_namespace")) "/" (r.text("src_workload")) }
+                            td {
+                                @if !r.text("dst_namespace").is_empty() { (r.text("dst_namespace")) "/" }
+                                (r.text("dst_workload"))
+                            }
+                            td { (r.text("class")) }
+                            td.n { (format::bytes(r.float("tx_bytes"))) }
+                            td.n { (format::bytes(r.float("rx_bytes"))) }
+                            td.n { (format::usd(monthly(state, r.float("cost_usd")))) }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// `GET /network`.
 pub async fn page(State(state): State<UiState>, viewer: Viewer) -> Response {
     let window = data::window((state.now)(), state.window_days);
-    let (destinations_rows, talkers_rows) = tokio::join!(
+    // '': the provider whose catalog holds the nodes' instance types.
+    let mut priced: Vec<(&str, Param)> = window.to_vec();
+    priced.push(("provider", Param::Text(String::new())));
+    let (class_rows, egress_rows, pair_rows, destinations_rows, talkers_rows) = tokio::join!(
+        data::run(&state.engine, &network::NETWORK_COST_BY_CLASS, &priced),
+        data::run(&state.engine, &network::NETWORK_EGRESS_BY_DOMAIN, &priced),
+        data::run(
+            &state.engine,
+            &network::NETWORK_COST_BY_WORKLOAD_PAIR,
+            &priced
+        ),
         data::run(&state.engine, &ui::NETWORK_DESTINATIONS, &window),
         data::run(&state.engine, &ui::NETWORK_TALKERS, &window),
     );
     let content = html! {
         h1 { "Network" }
         p.lead { "Traffic the node agents measured over the last " (state.window_days) " days." }
-        (layout::not_yet("Traffic classes and network cost:", "classification (same-zone, cross-zone, internet egress, private link, control plane, cloud APIs) and per-GiB cost arrive with network monitoring. Below is raw traffic by destination."))
+        (card("Traffic and cost by class", match &class_rows {
+            Ok(rows) if rows.is_empty() => layout::empty("No traffic measured yet.", "Flows appear once the netmon agent runs on the nodes (the network_flows table)."),
+            Ok(rows) => html! {
+                (classes(&state, rows))
+                p.hint { "Each flow is priced at its class's list rate per GiB (queries/network_rates.sql) for the provider of the nodes' instance types; a cluster whose instance types are in no catalog shows its classes at no cost. Costs per month are the window's costs scaled to 730 hours." }
+            },
+            Err(error) => layout::data_error(error),
+        }))
+        (card("Egress by domain", match &egress_rows {
+            Ok(rows) if rows.is_empty() => layout::empty("No traffic leaves the cluster.", "Destinations outside the cluster appear here, named by the DNS answers the agents saw."),
+            Ok(rows) => egress(&state, rows),
+            Err(error) => layout::data_error(error),
+        }))
+        (card("Costliest workload pairs", match &pair_rows {
+            Ok(rows) if rows.is_empty() => layout::empty("No traffic measured yet.", "Flows appear once the netmon agent runs on the nodes."),
+            Ok(rows) => pairs(&state, rows),
+            Err(error) => layout::data_error(error),
+        }))
         (card("Traffic by destination", match &destinations_rows {
             Ok(rows) if rows.is_empty() => layout::empty("No traffic measured yet.", "Flows appear once the netmon agent runs on the nodes (the network_flows table)."),
             Ok(rows) => destinations(rows),
@@ -90,7 +200,7 @@ pub async fn page(State(state): State<UiState>, viewer: Viewer) -> Response {
             Ok(rows) => talkers(rows),
             Err(error) => layout::data_error(error),
         }))
-        (layout::sources(&[&ui::NETWORK_DESTINATIONS, &ui::NETWORK_TALKERS]))
+        (layout::sources(&[&network::NETWORK_COST_BY_CLASS, &network::NETWORK_EGRESS_BY_DOMAIN, &network::NETWORK_COST_BY_WORKLOAD_PAIR, &ui::NETWORK_DESTINATIONS, &ui::NETWORK_TALKERS]))
     };
     layout::respond(&viewer, "/network", "Network", content)
 }
