@@ -177,8 +177,23 @@ async fn the_ui_in_chromium_against_the_demo() {
                     .await
                     .unwrap();
             }
+            if path == "/" {
+                // The cost cards fill in (polling while the allocation runs) with the cost
+                // over time chart.
+                browser.wait_for("#overview-costs svg", WAIT).await.unwrap();
+                let costs = browser.text_of("#overview-costs").await.unwrap();
+                assert!(costs.contains("Cost over time"), "{costs}");
+                assert!(costs.contains("Network"), "{costs}");
+            }
             let main = browser.text_of("main").await.unwrap();
             assert!(!main.contains("Could not read this"), "{path}: {main}");
+            if path == "/network" {
+                // The demo's traffic, classified and priced at the catalog provider's rates.
+                for class in ["internet_egress", "cross_zone", "same_zone"] {
+                    assert!(main.contains(class), "{class}: {main}");
+                }
+                assert!(main.contains("Egress by domain"), "{main}");
+            }
             let problems = accessibility_problems(&browser).await;
             assert!(problems.is_empty(), "{path} at {width} px: {problems:?}");
             browser

@@ -553,6 +553,25 @@ async fn the_overview_charts_cost_over_time_from_the_same_allocation_as_its_tota
         .filter_map(|r| r.text("name").split_once('/').map(|(h, _)| h))
         .collect();
     assert!(hours.len() >= 2, "{hours:?}");
+    // The monthly figure is the hourly cost the chart shows, times the hours of a month: it
+    // is scaled from the hours that have costs, not from the whole (mostly empty) window.
+    let total: f64 = rows
+        .iter()
+        .map(|r| r.float("total_cost_usd").unwrap_or(0.0))
+        .sum();
+    let monthly = crate::format::usd(Some(total * 730.0 / hours.len() as f64));
+    assert!(
+        page.contains(&format!("{monthly}</")),
+        "cluster cost / month {monthly} on the page"
+    );
+    // The placeholder polls /overview/costs: it answers the cards alone.
+    let (status, _, fragment) = send(&f.app, get("/overview/costs", &f.admin, true)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        fragment.starts_with("<div id=\"overview-costs\">")
+            && fragment.contains("<h2>Cost over time</h2>"),
+        "{fragment}"
+    );
     // Namespaces are summed over the hours: each appears once in the bars.
     let by_namespace = page
         .split("Cost per month by namespace")

@@ -2,10 +2,15 @@
 //! recommendations would save, how efficiently requests are used, usage over time and the
 //! top recommendations.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
 use axum::extract::State;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use maud::{Markup, html};
 use tally_queries::{Param, analysis, ui};
+use tokio::sync::RwLock;
 
 use crate::chart::{LineChart, Reference, Series, bars};
 use crate::data::{self, Rows};
@@ -42,45 +47,122 @@ pub async fn cost_allocation(state: &UiState, aggregate: &str) -> Result<Rows, d
     data::run(&state.engine, &analysis::COST_ALLOCATION, &params).await
 }
 
-/// How long the overview reuses a cost allocation. Over a large cluster the allocation takes
-/// seconds (30,000 workloads: 15 s on 2 cores, see benchmarks/RESULTS.md), and the window
-/// ends at a whole hour, so a minute-old answer differs at most by late samples.
+/// How long the overview reuses a cost allocation before a request starts a refresh in the
+/// background (it still answers from the old one meanwhile). Over a large cluster the
+/// allocation takes seconds (30,000 workloads: see benchmarks/RESULTS.md), and the window ends
+/// at a whole hour, so a minute-old answer differs at most by late samples.
 pub const ALLOCATION_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// The overview's cost allocation by namespace, computed at most once a minute (concurrent
-/// requests wait for the one computation rather than each running it). Empty answers are not
-/// kept, so costs show up as soon as there are any.
+/// The overview's cost allocation by hour and namespace, computed in the background at most
+/// once a minute, like the workloads summary: a request never waits for the query beyond a
+/// moment, and concurrent requests share one computation. An empty answer (right after
+/// start) is retried after 5 s, so costs show up as soon as there are any.
 #[derive(Clone, Default)]
-pub struct AllocationCache(std::sync::Arc<tokio::sync::Mutex<Option<CachedAllocation>>>);
-
-/// An allocation with the hour its window ends and when it was computed.
-struct CachedAllocation {
-    end_hour: i64,
-    computed: std::time::Instant,
-    rows: std::sync::Arc<Rows>,
+pub struct AllocationCache {
+    current: Arc<RwLock<Option<Arc<CachedAllocation>>>>,
+    refreshing: Arc<AtomicBool>,
+    last_error: Arc<std::sync::Mutex<Option<String>>>,
 }
 
-async fn cached_cost_allocation(state: &UiState) -> Result<std::sync::Arc<Rows>, data::DataError> {
+/// An allocation with the hour its window ends and when it was computed.
+pub struct CachedAllocation {
+    end_hour: i64,
+    computed: Instant,
+    /// How long the query took.
+    pub took: Duration,
+    pub rows: Rows,
+}
+
+/// Computes the overview's allocation now.
+pub async fn compute_allocation(state: &UiState) -> Result<CachedAllocation, data::DataError> {
+    let started = Instant::now();
     let end_hour = (state.now)().timestamp().div_euclid(3600);
-    let mut slot = state.allocation.0.lock().await;
-    if let Some(cached) = slot.as_ref()
-        && cached.end_hour == end_hour
-        && cached.computed.elapsed() < ALLOCATION_MAX_AGE
-    {
-        return Ok(cached.rows.clone());
-    }
     // By hour too: the same rows give the totals per namespace and the cost over time.
-    let rows = std::sync::Arc::new(cost_allocation(state, "hour,namespace").await?);
-    *slot = (!rows.is_empty()).then(|| CachedAllocation {
+    let rows = cost_allocation(state, "hour,namespace").await?;
+    Ok(CachedAllocation {
         end_hour,
-        computed: std::time::Instant::now(),
-        rows: rows.clone(),
-    });
-    Ok(rows)
+        computed: Instant::now(),
+        took: started.elapsed(),
+        rows,
+    })
+}
+
+impl AllocationCache {
+    /// The allocation if there is one, starting a background refresh when it is missing,
+    /// stale, or of an earlier hour. `None` while the first one is computed.
+    pub async fn get(&self, state: &UiState) -> Option<Arc<CachedAllocation>> {
+        let current = self.current.read().await.clone();
+        let end_hour = (state.now)().timestamp().div_euclid(3600);
+        let stale = current.as_ref().is_none_or(|c| {
+            let max_age = if c.rows.is_empty() {
+                Duration::from_secs(5)
+            } else {
+                ALLOCATION_MAX_AGE
+            };
+            c.end_hour != end_hour || c.computed.elapsed() > max_age
+        });
+        if stale && !self.refreshing.swap(true, Ordering::SeqCst) {
+            let cache = self.clone();
+            let state = state.clone();
+            tokio::spawn(async move {
+                match compute_allocation(&state).await {
+                    Ok(allocation) => {
+                        *cache.current.write().await = Some(Arc::new(allocation));
+                        *cache.last_error.lock().expect("lock") = None;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "cost allocation for the overview failed");
+                        *cache.last_error.lock().expect("lock") = Some(error.to_string());
+                    }
+                }
+                cache.refreshing.store(false, Ordering::SeqCst);
+            });
+        }
+        current
+    }
+
+    /// Waits (up to `wait`) for a first allocation.
+    pub async fn get_within(
+        &self,
+        state: &UiState,
+        wait: Duration,
+    ) -> Option<Arc<CachedAllocation>> {
+        let deadline = Instant::now() + wait;
+        loop {
+            if let Some(allocation) = self.get(state).await {
+                return Some(allocation);
+            }
+            if Instant::now() >= deadline || self.last_error().is_some() {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Why the last refresh failed, if it did.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().expect("lock").clone()
+    }
+
+    /// Replaces the allocation (benchmarks).
+    pub async fn set(&self, allocation: CachedAllocation) {
+        *self.current.write().await = Some(Arc::new(allocation));
+    }
 }
 
 fn costs(state: &UiState, rows: &Rows) -> (Markup, Option<f64>, Option<f64>) {
-    let per_month = HOURS_PER_MONTH / (state.window_days as f64 * 24.0);
+    // Scaled to a month from the hours that have costs, not the whole window: a cluster
+    // with two days of history is not billed as if the other five days were free.
+    let hours: std::collections::BTreeSet<i64> = rows
+        .iter()
+        .filter_map(|r| split_hour(r.text("name")).0)
+        .collect();
+    let covered = if hours.is_empty() {
+        state.window_days as f64 * 24.0
+    } else {
+        hours.len() as f64
+    };
+    let per_month = HOURS_PER_MONTH / covered;
     let mut idle = 0.0;
     let mut allocated = 0.0;
     let mut by_namespace: Vec<(String, f64)> = Vec::new();
@@ -110,7 +192,7 @@ fn costs(state: &UiState, rows: &Rows) -> (Markup, Option<f64>, Option<f64>) {
     let efficiency = (compute > 0.0).then(|| weighted_efficiency / compute);
     let markup = html! {
         div.stats {
-            (stat("Cluster cost / month", &format::usd(Some(allocated + idle)), &format!("at the last {} days' rate", state.window_days)))
+            (stat("Cluster cost / month", &format::usd(Some(allocated + idle)), &format!("at the rate of the last {} h with costs (window: {} days)", covered, state.window_days)))
             (stat("Allocated", &format::usd(Some(allocated)), "max(request, usage) × unit price, per container"))
             (stat("Idle", &format::usd(Some(idle)), &format!("{} of node cost nobody requested or used", format::percent((allocated + idle > 0.0).then(|| idle / (allocated + idle))))))
             (stat("Network", &format::usd(Some(network)), "measured flows × their class's rate, in allocated"))
@@ -232,11 +314,55 @@ fn top_recommendations(rows: &Rows) -> Markup {
     }
 }
 
+const COSTS_ID: &str = "overview-costs";
+
+/// The Cost and Cost over time cards, or, while the first allocation is computed, a
+/// placeholder that polls `/overview/costs` until it is there.
+fn cost_cards(state: &UiState, allocation: Option<&CachedAllocation>) -> Markup {
+    let Some(allocation) = allocation else {
+        return html! {
+            div #(COSTS_ID) hx-get="/overview/costs" hx-trigger="load delay:1s" hx-swap="outerHTML" {
+                (card("Cost", html! {
+                    @if let Some(error) = state.allocation.last_error() {
+                        p.error role="alert" { "Computing the cost allocation failed: " (error) ". Retrying…" }
+                    } @else {
+                        p.progress role="status" { span.spinner aria-hidden="true" {} "Allocating the cluster's cost over the last " (state.window_days) " days… this part fills in when it is done." }
+                    }
+                }))
+            }
+        };
+    };
+    let rows = &allocation.rows;
+    html! {
+        div #(COSTS_ID) {
+            (card("Cost", if rows.is_empty() {
+                layout::empty("No cost yet.", "Costs appear once nodes have reported for a whole hour and prices are known (the shipped catalog or your own on the Settings page).")
+            } else {
+                costs(state, rows).0
+            }))
+            (card("Cost over time", if rows.is_empty() {
+                layout::empty("No cost yet.", "The chart starts once nodes have reported for a whole hour.")
+            } else {
+                cost_chart(rows)
+            }))
+        }
+    }
+}
+
+/// `GET /overview/costs`: the cost cards alone (the overview's placeholder polls it).
+pub async fn costs_fragment(State(state): State<UiState>, _viewer: Viewer) -> Response {
+    let allocation = state
+        .allocation
+        .get_within(&state, Duration::from_secs(2))
+        .await;
+    cost_cards(&state, allocation.as_deref()).into_response()
+}
+
 /// `GET /`.
 pub async fn page(State(state): State<UiState>, viewer: Viewer) -> Response {
     let window = data::window((state.now)(), state.window_days);
     let (allocation, usage, recommendations) = tokio::join!(
-        cached_cost_allocation(&state),
+        state.allocation.get_within(&state, Duration::from_secs(2)),
         data::run(&state.engine, &ui::CLUSTER_USAGE_HOURLY, &window),
         data::run(&state.engine, &ui::RECOMMENDATIONS, &[]),
     );
@@ -256,16 +382,7 @@ pub async fn page(State(state): State<UiState>, viewer: Viewer) -> Response {
             (stat("Potential savings / month", &format::usd(savings), "what the newest recommendations save together"))
             (stat("Nodes", &nodes_now.map_or("–".to_string(), |n| n.to_string()), "reporting in the last hour"))
         }
-        (card("Cost", match &allocation {
-            Ok(rows) if rows.is_empty() => layout::empty("No cost yet.", "Costs appear once nodes have reported for a whole hour and prices are known (the shipped catalog or your own on the Settings page)."),
-            Ok(rows) => costs(&state, rows).0,
-            Err(error) => layout::data_error(error),
-        }))
-        (card("Cost over time", match &allocation {
-            Ok(rows) if rows.is_empty() => layout::empty("No cost yet.", "The chart starts once nodes have reported for a whole hour."),
-            Ok(rows) => cost_chart(rows),
-            Err(error) => layout::data_error(error),
-        }))
+        (cost_cards(&state, allocation.as_deref()))
         (card("CPU over time", match &usage {
             Ok(rows) if rows.is_empty() => layout::empty("No node samples yet.", "Nodes appear once the collector reports them."),
             Ok(rows) => usage_chart(rows),
