@@ -11,6 +11,7 @@
 -- To add a rule, add a row (and a case to queries/src/golden_network.rs); every network view
 -- reads this table, and network_rates.sql prices each class.
 SELECT * FROM (VALUES
+  (5,   'k8s_service',      'domain', '%.svc.cluster.local',                  'in_cluster',        'a Service of the cluster (its ClusterIP; which endpoint and zone answered is not known)'),
   (10,  'imds',             'ip',     '^169\.254\.169\.254\b',                 'cloud_api',         'the cloud metadata service (AWS, GCP, Azure)'),
   (11,  'imds_ipv6',        'ip',     '^fd00:ec2::254\b',                      'cloud_api',         'the AWS metadata service over IPv6'),
   (20,  'aws_vpce',         'domain', 'vpce-%.vpce-svc-%.%.vpce.amazonaws.com', 'private_link',    'an AWS PrivateLink interface endpoint'),

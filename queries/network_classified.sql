@@ -9,8 +9,9 @@
 -- holding it; an address several live pods share is their node's, since only hostNetwork
 -- pods share one) → in-cluster, classified by the source and destination nodes' zone and
 -- region; otherwise the first matching rule of class_rules (by domain, then address);
--- otherwise internet_egress. Services need no step here: the agent reports the endpoint that
--- answered (after kube-proxy's DNAT), which is a pod.
+-- otherwise internet_egress. A destination named by a Service's DNS name (*.svc.cluster.local,
+-- a ClusterIP the agent saw before kube-proxy's DNAT) is a `service` in the cluster, class
+-- in_cluster: which endpoint, and so which zone, answered is not known from the flow.
 flows AS (
   SELECT
     node, src_ip, dst_ip, dst_port, protocol, src_namespace, src_pod,
@@ -99,6 +100,7 @@ classified AS (
     sp.workload_kind AS src_workload_kind,
     sp.workload_name AS src_workload_name,
     CASE
+      WHEN dp.ip IS NULL AND m.rule = 'k8s_service' THEN 'service'
       WHEN dp.ip IS NULL THEN 'external'
       WHEN dp.live_holders > 1 THEN 'node'
       ELSE 'pod'

@@ -157,6 +157,12 @@ const CASES: &[(&str, Option<&str>, &str, &str)] = &[
     ("10.1.0.4", None, "cross_region", "cluster"),
     ("10.1.0.5", None, "in_cluster", "cluster"),
     ("10.0.0.12", None, "cross_zone", "cluster"),
+    (
+        "10.96.0.20",
+        Some("checkout.shop.svc.cluster.local"),
+        "in_cluster",
+        "k8s_service",
+    ),
     ("169.254.169.254", None, "cloud_api", "imds"),
     ("fd00:ec2::254", None, "cloud_api", "imds_ipv6"),
     (
