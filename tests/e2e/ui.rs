@@ -171,6 +171,11 @@ async fn the_ui_in_chromium_against_the_demo() {
             browser.wait_for("main h1", WAIT).await.unwrap();
             let h1 = browser.text_of("main h1").await.unwrap();
             assert_eq!(h1, title, "{path}");
+            // Pages whose data is computed in the background show progress and poll.
+            browser
+                .wait_until("!document.querySelector('main .progress')", WAIT)
+                .await
+                .unwrap();
             if path == "/workloads" {
                 browser
                     .wait_for("#workload-table table", WAIT)

@@ -8,6 +8,7 @@
 //! [`auth`].
 
 pub mod auth;
+pub mod background;
 pub mod chart;
 pub mod data;
 pub mod format;
@@ -53,6 +54,9 @@ pub struct UiState {
     pub(crate) summary: summary::SummaryCache,
     /// The overview's cost allocation, refreshed in the background once a minute.
     pub(crate) allocation: pages::overview::AllocationCache,
+    /// The nodes page's rows and the network page's tables, refreshed the same way.
+    pub(crate) nodes: pages::nodes::NodesCache,
+    pub(crate) network: pages::network::NetworkCache,
     pub(crate) policies: policy::PolicyStore,
     pub(crate) history: Arc<Mutex<HashMap<String, VecDeque<String>>>>,
     /// The clock (fixed in tests).
@@ -76,23 +80,33 @@ impl UiState {
             window_days: 7,
             summary: summary::SummaryCache::default(),
             allocation: Default::default(),
+            nodes: Default::default(),
+            network: Default::default(),
             policies: policy::PolicyStore::open(policies_file),
             history: Arc::default(),
             now: Utc::now,
         }
     }
 
-    /// Uses `summary` for the workloads table until it is older than
-    /// [`summary::MAX_AGE`] (benchmarks measure rendering apart from the summary query).
+    /// Uses `summary` for the workloads table until it is a minute old (benchmarks measure
+    /// rendering apart from the summary query).
     pub async fn set_summary(&self, summary: summary::Summary) {
         self.summary.set(summary).await;
     }
 
-    /// Uses `allocation` for the overview's costs until it is older than
-    /// [`pages::overview::ALLOCATION_MAX_AGE`] (benchmarks measure rendering apart from the
-    /// allocation query).
-    pub async fn set_allocation(&self, allocation: pages::overview::CachedAllocation) {
-        self.allocation.set(allocation).await;
+    /// Computes what the overview, nodes and network pages keep, now, and answers how long
+    /// each took (benchmarks measure rendering apart from these queries).
+    pub async fn warm_pages(
+        &self,
+    ) -> Result<Vec<(&'static str, std::time::Duration)>, data::DataError> {
+        Ok(vec![
+            (
+                "overview cost allocation",
+                self.allocation.refresh(self).await?,
+            ),
+            ("nodes", self.nodes.refresh(self).await?),
+            ("network", self.network.refresh(self).await?),
+        ])
     }
 
     /// With the appliance's export encoder for SQL console downloads.

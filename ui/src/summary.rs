@@ -1,20 +1,13 @@
 //! The workloads table's data: `queries/ui_workloads.sql` over the window, kept in memory and
-//! refreshed in the background once it is older than [`MAX_AGE`], so searching, filtering,
+//! refreshed in the background once it is a minute old (`crate::background`), so searching, filtering,
 //! sorting and paging 30,000 workloads is a scan of a vector, not a query per keystroke.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use tokio::sync::RwLock;
 
 use crate::UiState;
 use crate::data::{self, DataError};
-
-/// How old the summary may get before a request starts a refresh (it still answers from the
-/// old one meanwhile).
-pub const MAX_AGE: Duration = Duration::from_secs(60);
 
 /// One workload as the table shows it.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,13 +37,8 @@ pub struct Summary {
     pub took: Duration,
 }
 
-/// The cached summary and whether a refresh is running.
-#[derive(Clone, Default)]
-pub struct SummaryCache {
-    current: Arc<RwLock<Option<Arc<Summary>>>>,
-    refreshing: Arc<AtomicBool>,
-    last_error: Arc<std::sync::Mutex<Option<String>>>,
-}
+/// The kept summary, refreshed in the background.
+pub type SummaryCache = crate::background::Background<Summary>;
 
 /// Reads the summary now.
 pub async fn compute(state: &UiState) -> Result<Summary, DataError> {
@@ -88,64 +76,18 @@ pub async fn compute(state: &UiState) -> Result<Summary, DataError> {
     })
 }
 
-impl SummaryCache {
-    /// The summary if there is one, starting a background refresh when it is missing or
-    /// stale. `None` while the first one is computed (the page shows progress and polls).
-    pub async fn get(&self, state: &UiState) -> Option<Arc<Summary>> {
-        let current = self.current.read().await.clone();
-        // A summary without any usage (the rollups lag the newest rows by one flush, e.g.
-        // right after start) is refreshed soon rather than kept for a minute.
-        let stale = current.as_ref().is_none_or(|s| {
-            let no_usage = s.workloads.iter().all(|w| w.cpu_p95_cores.is_none());
-            let max_age = if no_usage {
-                Duration::from_secs(5)
-            } else {
-                MAX_AGE
-            };
-            s.computed_at.elapsed() > max_age
-        });
-        if stale && !self.refreshing.swap(true, Ordering::SeqCst) {
-            let cache = self.clone();
-            let state = state.clone();
-            tokio::spawn(async move {
-                match compute(&state).await {
-                    Ok(summary) => {
-                        *cache.current.write().await = Some(Arc::new(summary));
-                        *cache.last_error.lock().expect("lock") = None;
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, "workload summary failed");
-                        *cache.last_error.lock().expect("lock") = Some(error.to_string());
-                    }
-                }
-                cache.refreshing.store(false, Ordering::SeqCst);
-            });
-        }
-        current
+impl crate::background::Computed for Summary {
+    const WHAT: &'static str = "the workload summary";
+
+    async fn compute(state: &UiState) -> Result<Self, DataError> {
+        compute(state).await
     }
 
-    /// Waits (up to `wait`) for a first summary.
-    pub async fn get_within(&self, state: &UiState, wait: Duration) -> Option<Arc<Summary>> {
-        let deadline = Instant::now() + wait;
-        loop {
-            if let Some(summary) = self.get(state).await {
-                return Some(summary);
-            }
-            if Instant::now() >= deadline || self.last_error().is_some() {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
-
-    /// Why the last refresh failed, if it did.
-    pub fn last_error(&self) -> Option<String> {
-        self.last_error.lock().expect("lock").clone()
-    }
-
-    /// Replaces the summary (tests and benchmarks).
-    pub async fn set(&self, summary: Summary) {
-        *self.current.write().await = Some(Arc::new(summary));
+    /// A summary without any usage (the rollups lag the newest rows by one flush, e.g. right
+    /// after start) is refreshed soon rather than kept for a minute.
+    fn fresh(&self, _state: &UiState) -> bool {
+        let no_usage = self.workloads.iter().all(|w| w.cpu_p95_cores.is_none());
+        self.computed_at.elapsed() <= crate::background::max_age(no_usage)
     }
 }
 

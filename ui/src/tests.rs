@@ -646,6 +646,8 @@ async fn the_network_page_shows_traffic_and_cost_by_class_and_egress_by_domain()
         .write(Table::Prices, aws_prices(now_ms))
         .await
         .unwrap();
+    // The page keeps its tables for a minute: recompute them with the prices.
+    f.state.network.refresh(&f.state).await.unwrap();
     let (_, _, page) = send(&f.app, get("/network", &f.admin, false)).await;
     let classes = page
         .split("<h2>Traffic and cost by class</h2>")
@@ -671,4 +673,57 @@ async fn the_network_page_shows_traffic_and_cost_by_class_and_egress_by_domain()
     assert!(page.contains("<h2>Egress by domain</h2>"));
     assert!(page.contains("<h2>Costliest workload pairs</h2>"));
     assert!(page.contains("queries/network_cost_by_class.sql"));
+}
+
+/// Counts computations of [`Slow`].
+static SLOW_COMPUTATIONS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Page data that takes 1.5 s to compute.
+struct Slow(usize);
+
+impl crate::background::Computed for Slow {
+    const WHAT: &'static str = "slow test data";
+
+    async fn compute(_state: &crate::UiState) -> Result<Self, crate::data::DataError> {
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        Ok(Slow(
+            SLOW_COMPUTATIONS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1,
+        ))
+    }
+
+    fn fresh(&self, _state: &crate::UiState) -> bool {
+        true
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn page_data_is_computed_once_in_the_background_and_requests_do_not_wait_for_it() {
+    let f = fixture().await;
+    let cache = crate::background::Background::<Slow>::default();
+    // Ten requests at once, each willing to wait 50 ms: all answer "not yet" (the page then
+    // shows progress) rather than waiting for the 1.5 s computation, and one starts.
+    let mut requests = tokio::task::JoinSet::new();
+    for _ in 0..10 {
+        let (cache, state) = (cache.clone(), f.state.clone());
+        requests.spawn(async move {
+            cache
+                .get_within(&state, std::time::Duration::from_millis(50))
+                .await
+                .is_none()
+        });
+    }
+    while let Some(not_yet) = requests.join_next().await {
+        assert!(not_yet.unwrap());
+    }
+    // Once it is there, everyone gets the same one.
+    let first = cache
+        .get_within(&f.state, std::time::Duration::from_secs(5))
+        .await
+        .expect("computed");
+    assert_eq!(first.0, 1);
+    assert_eq!(
+        SLOW_COMPUTATIONS.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one computation for ten requests"
+    );
 }

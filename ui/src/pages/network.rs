@@ -152,54 +152,104 @@ fn pairs(state: &UiState, rows: &Rows) -> Markup {
     }
 }
 
+/// The network page's tables over the window, computed in the background: classifying
+/// and pricing every flow of a large cluster takes most of a second.
+pub struct NetworkTables {
+    classes: Rows,
+    egress: Rows,
+    pairs: Rows,
+    destinations: Rows,
+    talkers: Rows,
+    computed: std::time::Instant,
+}
+
+/// The kept network tables.
+pub type NetworkCache = crate::background::Background<NetworkTables>;
+
+impl crate::background::Computed for NetworkTables {
+    const WHAT: &'static str = "the network page";
+
+    async fn compute(state: &UiState) -> Result<Self, data::DataError> {
+        let window = data::window((state.now)(), state.window_days);
+        // '': the provider whose catalog holds the nodes' instance types.
+        let mut priced: Vec<(&str, Param)> = window.to_vec();
+        priced.push(("provider", Param::Text(String::new())));
+        let (classes, egress, pairs, destinations, talkers) = tokio::join!(
+            data::run(&state.engine, &network::NETWORK_COST_BY_CLASS, &priced),
+            data::run(&state.engine, &network::NETWORK_EGRESS_BY_DOMAIN, &priced),
+            data::run(
+                &state.engine,
+                &network::NETWORK_COST_BY_WORKLOAD_PAIR,
+                &priced
+            ),
+            data::run(&state.engine, &ui::NETWORK_DESTINATIONS, &window),
+            data::run(&state.engine, &ui::NETWORK_TALKERS, &window),
+        );
+        Ok(NetworkTables {
+            classes: classes?,
+            egress: egress?,
+            pairs: pairs?,
+            destinations: destinations?,
+            talkers: talkers?,
+            computed: std::time::Instant::now(),
+        })
+    }
+
+    fn fresh(&self, _state: &UiState) -> bool {
+        self.computed.elapsed() <= crate::background::max_age(self.destinations.is_empty())
+    }
+}
+
 /// `GET /network`.
 pub async fn page(State(state): State<UiState>, viewer: Viewer) -> Response {
-    let window = data::window((state.now)(), state.window_days);
-    // '': the provider whose catalog holds the nodes' instance types.
-    let mut priced: Vec<(&str, Param)> = window.to_vec();
-    priced.push(("provider", Param::Text(String::new())));
-    let (class_rows, egress_rows, pair_rows, destinations_rows, talkers_rows) = tokio::join!(
-        data::run(&state.engine, &network::NETWORK_COST_BY_CLASS, &priced),
-        data::run(&state.engine, &network::NETWORK_EGRESS_BY_DOMAIN, &priced),
-        data::run(
-            &state.engine,
-            &network::NETWORK_COST_BY_WORKLOAD_PAIR,
-            &priced
-        ),
-        data::run(&state.engine, &ui::NETWORK_DESTINATIONS, &window),
-        data::run(&state.engine, &ui::NETWORK_TALKERS, &window),
-    );
+    let tables = state
+        .network
+        .get_within(&state, std::time::Duration::from_secs(2))
+        .await;
     let content = html! {
         h1 { "Network" }
         p.lead { "Traffic the node agents measured over the last " (state.window_days) " days." }
-        (card("Traffic and cost by class", match &class_rows {
-            Ok(rows) if rows.is_empty() => layout::empty("No traffic measured yet.", "Flows appear once the netmon agent runs on the nodes (the network_flows table)."),
-            Ok(rows) => html! {
-                (classes(&state, rows))
-                p.hint { "Each flow is priced at its class's list rate per GiB (queries/network_rates.sql) for the provider of the nodes' instance types; a cluster whose instance types are in no catalog shows its classes at no cost. Costs per month are the window's costs scaled to 730 hours." }
-            },
-            Err(error) => layout::data_error(error),
-        }))
-        (card("Egress by domain", match &egress_rows {
-            Ok(rows) if rows.is_empty() => layout::empty("No traffic leaves the cluster.", "Destinations outside the cluster appear here, named by the DNS answers the agents saw."),
-            Ok(rows) => egress(&state, rows),
-            Err(error) => layout::data_error(error),
-        }))
-        (card("Costliest workload pairs", match &pair_rows {
-            Ok(rows) if rows.is_empty() => layout::empty("No traffic measured yet.", "Flows appear once the netmon agent runs on the nodes."),
-            Ok(rows) => pairs(&state, rows),
-            Err(error) => layout::data_error(error),
-        }))
-        (card("Traffic by destination", match &destinations_rows {
-            Ok(rows) if rows.is_empty() => layout::empty("No traffic measured yet.", "Flows appear once the netmon agent runs on the nodes (the network_flows table)."),
-            Ok(rows) => destinations(rows),
-            Err(error) => layout::data_error(error),
-        }))
-        (card("Top talkers", match &talkers_rows {
-            Ok(rows) if rows.is_empty() => layout::empty("No traffic measured yet.", "Flows appear once the netmon agent runs on the nodes."),
-            Ok(rows) => talkers(rows),
-            Err(error) => layout::data_error(error),
-        }))
+        @match &tables {
+            None => {
+                div hx-get="/network" hx-trigger="load delay:1s" hx-target="#main" hx-swap="innerHTML" {
+                    @if let Some(error) = state.network.last_error() {
+                        p.error role="alert" { "Reading the traffic failed: " (error) ". Retrying…" }
+                    } @else {
+                        p.progress role="status" { span.spinner aria-hidden="true" {} "Classifying and pricing the window's traffic… this page fills in when it is done." }
+                    }
+                }
+            }
+            Some(t) => {
+                (card("Traffic and cost by class", if t.classes.is_empty() {
+                    layout::empty("No traffic measured yet.", "Flows appear once the netmon agent runs on the nodes (the network_flows table).")
+                } else {
+                    html! {
+                        (classes(&state, &t.classes))
+                        p.hint { "Each flow is priced at its class's list rate per GiB (queries/network_rates.sql) for the provider of the nodes' instance types; a cluster whose instance types are in no catalog shows its classes at no cost. Costs per month are the window's costs scaled to 730 hours." }
+                    }
+                }))
+                (card("Egress by domain", if t.egress.is_empty() {
+                    layout::empty("No traffic leaves the cluster.", "Destinations outside the cluster appear here, named by the DNS answers the agents saw.")
+                } else {
+                    egress(&state, &t.egress)
+                }))
+                (card("Costliest workload pairs", if t.pairs.is_empty() {
+                    layout::empty("No traffic measured yet.", "Flows appear once the netmon agent runs on the nodes.")
+                } else {
+                    pairs(&state, &t.pairs)
+                }))
+                (card("Traffic by destination", if t.destinations.is_empty() {
+                    layout::empty("No traffic measured yet.", "Flows appear once the netmon agent runs on the nodes (the network_flows table).")
+                } else {
+                    destinations(&t.destinations)
+                }))
+                (card("Top talkers", if t.talkers.is_empty() {
+                    layout::empty("No traffic measured yet.", "Flows appear once the netmon agent runs on the nodes.")
+                } else {
+                    talkers(&t.talkers)
+                }))
+            }
+        }
         (layout::sources(&[&network::NETWORK_COST_BY_CLASS, &network::NETWORK_EGRESS_BY_DOMAIN, &network::NETWORK_COST_BY_WORKLOAD_PAIR, &ui::NETWORK_DESTINATIONS, &ui::NETWORK_TALKERS]))
     };
     layout::respond(&viewer, "/network", "Network", content)

@@ -1,15 +1,15 @@
 //! Nodes: utilisation per node and node group (requests and usage against allocatable) and
 //! the consolidation plan with its reasons.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::response::Response;
 use maud::{Markup, html};
 use tally_queries::ui;
 
 use crate::chart::gauge;
-use crate::data::{self, Rows};
+use crate::data::{self, Row, Rows};
 use crate::format;
 use crate::layout::{self, card};
 use crate::{UiState, Viewer};
@@ -64,7 +64,7 @@ fn groups(rows: &Rows) -> Markup {
     }
 }
 
-fn nodes(rows: &Rows) -> Markup {
+fn nodes<'a>(rows: impl Iterator<Item = Row<'a>>) -> Markup {
     html! {
         div.scroll {
             table.data {
@@ -75,7 +75,7 @@ fn nodes(rows: &Rows) -> Markup {
                     th scope="col" { "Memory requested" } th scope="col" { "Memory used (mean)" }
                 } }
                 tbody {
-                    @for r in rows.iter() {
+                    @for r in rows {
                         @let cpu = r.float("cpu_allocatable_cores").unwrap_or(0.0);
                         @let memory = r.float("memory_allocatable_bytes").unwrap_or(0.0);
                         tr {
@@ -124,24 +124,84 @@ fn consolidation(recs: &Rows) -> Markup {
     }
 }
 
-/// `GET /nodes`.
-pub async fn page(State(state): State<UiState>, viewer: Viewer) -> Response {
-    let window = data::window((state.now)(), state.window_days);
+/// Nodes per page of the table (the groups above it cover every node).
+pub const NODES_PER_PAGE: usize = 100;
+
+/// The nodes page's rows (`queries/ui_nodes.sql` over the window), computed in the
+/// background: at 2,500 nodes the query takes a few hundred milliseconds.
+pub struct NodeRows {
+    rows: Rows,
+    computed: std::time::Instant,
+}
+
+/// The kept node rows.
+pub type NodesCache = crate::background::Background<NodeRows>;
+
+impl crate::background::Computed for NodeRows {
+    const WHAT: &'static str = "the nodes page";
+
+    async fn compute(state: &UiState) -> Result<Self, data::DataError> {
+        let window = data::window((state.now)(), state.window_days);
+        Ok(NodeRows {
+            rows: data::run(&state.engine, &ui::NODES, &window).await?,
+            computed: std::time::Instant::now(),
+        })
+    }
+
+    fn fresh(&self, _state: &UiState) -> bool {
+        self.computed.elapsed() <= crate::background::max_age(self.rows.is_empty())
+    }
+}
+
+/// Links to the other pages of the node table.
+fn pager(page: usize, pages: usize) -> Markup {
+    html! {
+        nav.pager aria-label="Node table pages" {
+            @if page > 1 { a href=(format!("/nodes?page={}", page - 1)) { "← Previous" } }
+            " Page " (page) " of " (pages) " "
+            @if page < pages { a href=(format!("/nodes?page={}", page + 1)) { "Next →" } }
+        }
+    }
+}
+
+/// `GET /nodes?page=N`.
+pub async fn page(
+    State(state): State<UiState>,
+    viewer: Viewer,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
     let (rows, recs) = tokio::join!(
-        data::run(&state.engine, &ui::NODES, &window),
+        state
+            .nodes
+            .get_within(&state, std::time::Duration::from_secs(2)),
         data::run(&state.engine, &ui::RECOMMENDATIONS, &[]),
     );
     let content = html! {
         h1 { "Nodes" }
         p.lead { "Requests of the pods running now and usage over the last " (state.window_days) " days, against what each node can allocate." }
         @match &rows {
-            Ok(rows) if rows.is_empty() => (layout::empty("No nodes yet.", "Nodes appear once the collector reports them (the node_usage table).")),
-            Ok(rows) => {
-                (card("Node groups", groups(rows)))
-                (card("Consolidation plan", match &recs { Ok(recs) => consolidation(recs), Err(e) => layout::data_error(e) }))
-                (card(&format!("{} nodes", rows.len()), nodes(rows)))
+            None => {
+                div hx-get=(format!("/nodes?page={}", query.get("page").and_then(|p| p.parse::<usize>().ok()).unwrap_or(1))) hx-trigger="load delay:1s" hx-target="#main" hx-swap="innerHTML" {
+                    @if let Some(error) = state.nodes.last_error() {
+                        p.error role="alert" { "Reading the nodes failed: " (error) ". Retrying…" }
+                    } @else {
+                        p.progress role="status" { span.spinner aria-hidden="true" {} "Reading every node's usage over the last days… this page fills in when it is done." }
+                    }
+                }
             }
-            Err(error) => (layout::data_error(error)),
+            Some(kept) if kept.rows.is_empty() => (layout::empty("No nodes yet.", "Nodes appear once the collector reports them (the node_usage table).")),
+            Some(kept) => {
+                @let all = &kept.rows;
+                @let pages = all.len().div_ceil(NODES_PER_PAGE).max(1);
+                @let page = query.get("page").and_then(|p| p.parse::<usize>().ok()).unwrap_or(1).clamp(1, pages);
+                (card("Node groups", groups(all)))
+                (card("Consolidation plan", match &recs { Ok(recs) => consolidation(recs), Err(e) => layout::data_error(e) }))
+                (card(&format!("{} nodes", all.len()), html! {
+                    @if pages > 1 { (pager(page, pages)) }
+                    (nodes(all.iter().skip((page - 1) * NODES_PER_PAGE).take(NODES_PER_PAGE)))
+                    @if pages > 1 { (pager(page, pages)) }
+                }))
+            }
         }
         (layout::sources(&[&ui::NODES, &ui::RECOMMENDATIONS]))
     };

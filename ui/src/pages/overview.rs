@@ -2,15 +2,12 @@
 //! recommendations would save, how efficiently requests are used, usage over time and the
 //! top recommendations.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use maud::{Markup, html};
 use tally_queries::{Param, analysis, ui};
-use tokio::sync::RwLock;
 
 use crate::chart::{LineChart, Reference, Series, bars};
 use crate::data::{self, Rows};
@@ -47,22 +44,10 @@ pub async fn cost_allocation(state: &UiState, aggregate: &str) -> Result<Rows, d
     data::run(&state.engine, &analysis::COST_ALLOCATION, &params).await
 }
 
-/// How long the overview reuses a cost allocation before a request starts a refresh in the
-/// background (it still answers from the old one meanwhile). Over a large cluster the
-/// allocation takes seconds (30,000 workloads: see benchmarks/RESULTS.md), and the window ends
-/// at a whole hour, so a minute-old answer differs at most by late samples.
-pub const ALLOCATION_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(60);
-
 /// The overview's cost allocation by hour and namespace, computed in the background at most
-/// once a minute, like the workloads summary: a request never waits for the query beyond a
-/// moment, and concurrent requests share one computation. An empty answer (right after
-/// start) is retried after 5 s, so costs show up as soon as there are any.
-#[derive(Clone, Default)]
-pub struct AllocationCache {
-    current: Arc<RwLock<Option<Arc<CachedAllocation>>>>,
-    refreshing: Arc<AtomicBool>,
-    last_error: Arc<std::sync::Mutex<Option<String>>>,
-}
+/// once a minute, like the workloads summary (over a large cluster it takes seconds: see
+/// benchmarks/RESULTS.md). A new hour, or an empty answer after 5 s, refreshes it sooner.
+pub type AllocationCache = crate::background::Background<CachedAllocation>;
 
 /// An allocation with the hour its window ends and when it was computed.
 pub struct CachedAllocation {
@@ -71,6 +56,19 @@ pub struct CachedAllocation {
     /// How long the query took.
     pub took: Duration,
     pub rows: Rows,
+}
+
+impl crate::background::Computed for CachedAllocation {
+    const WHAT: &'static str = "the overview's cost allocation";
+
+    async fn compute(state: &UiState) -> Result<Self, data::DataError> {
+        compute_allocation(state).await
+    }
+
+    fn fresh(&self, state: &UiState) -> bool {
+        self.end_hour == (state.now)().timestamp().div_euclid(3600)
+            && self.computed.elapsed() <= crate::background::max_age(self.rows.is_empty())
+    }
 }
 
 /// Computes the overview's allocation now.
@@ -85,69 +83,6 @@ pub async fn compute_allocation(state: &UiState) -> Result<CachedAllocation, dat
         took: started.elapsed(),
         rows,
     })
-}
-
-impl AllocationCache {
-    /// The allocation if there is one, starting a background refresh when it is missing,
-    /// stale, or of an earlier hour. `None` while the first one is computed.
-    pub async fn get(&self, state: &UiState) -> Option<Arc<CachedAllocation>> {
-        let current = self.current.read().await.clone();
-        let end_hour = (state.now)().timestamp().div_euclid(3600);
-        let stale = current.as_ref().is_none_or(|c| {
-            let max_age = if c.rows.is_empty() {
-                Duration::from_secs(5)
-            } else {
-                ALLOCATION_MAX_AGE
-            };
-            c.end_hour != end_hour || c.computed.elapsed() > max_age
-        });
-        if stale && !self.refreshing.swap(true, Ordering::SeqCst) {
-            let cache = self.clone();
-            let state = state.clone();
-            tokio::spawn(async move {
-                match compute_allocation(&state).await {
-                    Ok(allocation) => {
-                        *cache.current.write().await = Some(Arc::new(allocation));
-                        *cache.last_error.lock().expect("lock") = None;
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, "cost allocation for the overview failed");
-                        *cache.last_error.lock().expect("lock") = Some(error.to_string());
-                    }
-                }
-                cache.refreshing.store(false, Ordering::SeqCst);
-            });
-        }
-        current
-    }
-
-    /// Waits (up to `wait`) for a first allocation.
-    pub async fn get_within(
-        &self,
-        state: &UiState,
-        wait: Duration,
-    ) -> Option<Arc<CachedAllocation>> {
-        let deadline = Instant::now() + wait;
-        loop {
-            if let Some(allocation) = self.get(state).await {
-                return Some(allocation);
-            }
-            if Instant::now() >= deadline || self.last_error().is_some() {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
-
-    /// Why the last refresh failed, if it did.
-    pub fn last_error(&self) -> Option<String> {
-        self.last_error.lock().expect("lock").clone()
-    }
-
-    /// Replaces the allocation (benchmarks).
-    pub async fn set(&self, allocation: CachedAllocation) {
-        *self.current.write().await = Some(Arc::new(allocation));
-    }
 }
 
 fn costs(state: &UiState, rows: &Rows) -> (Markup, Option<f64>, Option<f64>) {
