@@ -21,7 +21,11 @@
 --                                    average, from node_prices.sql)
 --
 -- Percentiles merge the 5 % log-bucket histograms of every pod and hour of the workload's
--- container (the answer is the end of the bucket holding the quantile). Memory uses the
+-- container (the answer is the end of the bucket holding the quantile: the nearest-rank
+-- percentile rounded up by at most one 5 % bucket, as the VPA recommender does; with few
+-- samples far apart it can sit below an interpolating percentile such as DuckDB's
+-- quantile_cont, which invents values between samples. Rounding up, never interpolating, is
+-- the choice: a request is set from usage that happened). Memory uses the
 -- exact maximum of every hour, so the startup peaks of the first minutes after a container
 -- starts are seen, never averaged away. For a workload with an HPA the CPU request is the
 -- quantile divided by the HPA's target utilisation: at that usage the HPA sits at its target,
