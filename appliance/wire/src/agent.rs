@@ -1,6 +1,7 @@
 //! What every agent needs to reach the appliance: the flags that say how, and the credentials
 //! they name (a certificate from the appliance's bootstrap endpoint, certificate files, or no
-//! TLS for a local demo). The collector and the operator flatten [`ApplianceArgs`] into theirs.
+//! TLS for a local demo). The collector, the operator and netmon flatten [`ApplianceArgs`] into
+//! theirs and keep their certificates with [`crate::link`].
 
 use std::path::{Path, PathBuf};
 

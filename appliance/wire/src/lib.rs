@@ -17,6 +17,7 @@ mod ack;
 pub mod agent;
 pub mod bootstrap;
 pub mod client;
+pub mod link;
 mod tables;
 
 pub use ack::IngestAck;

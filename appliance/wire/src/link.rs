@@ -1,0 +1,329 @@
+//! An agent's live link to the appliance: the client certificate it presents (renewed at two
+//! thirds of its life when it came from the bootstrap endpoint) and the Flight ingest client
+//! made with it. The collector, the operator and netmon all keep their certificates this way.
+//!
+//! Renewal happens when the agent next needs the appliance (no background task): every call
+//! of [`AgentTls::current`] first checks whether the certificate is due. A failed renewal
+//! keeps the current certificate while it is still valid (and tries again at the next call);
+//! once it has expired the call fails, so the agent waits and retries as for an unreachable
+//! appliance.
+
+use crate::agent::Credentials;
+use crate::bootstrap::{BootstrapError, IssuedCertificate, request_certificate};
+use crate::{ClientError, ClientTls, IngestAck, IngestClient, Table, WriteError};
+
+use arrow::array::RecordBatch;
+use std::path::PathBuf;
+
+/// Why no certificate could be presented.
+#[derive(Debug, thiserror::Error)]
+pub enum CertificateError {
+    #[error("cannot read the ServiceAccount token {path}: {source}")]
+    Token {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Bootstrap(#[from] BootstrapError),
+}
+
+/// The TLS identity an agent presents, from its [`Credentials`].
+#[derive(Debug)]
+pub struct AgentTls {
+    credentials: Credentials,
+    certificate: Option<IssuedCertificate>,
+    failures: u64,
+}
+
+/// What [`AgentTls::current`] answers.
+#[derive(Debug, Clone)]
+pub struct CurrentTls {
+    /// The identity to connect with (`None` without TLS).
+    pub tls: Option<ClientTls>,
+    /// A new certificate arrived in this call: connections made with the previous one should
+    /// be dropped and made again.
+    pub renewed: bool,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl AgentTls {
+    pub fn new(credentials: Credentials) -> Self {
+        Self {
+            credentials,
+            certificate: None,
+            failures: 0,
+        }
+    }
+
+    /// The certificate from the bootstrap endpoint, if one is held.
+    pub fn certificate(&self) -> Option<&IssuedCertificate> {
+        self.certificate.as_ref()
+    }
+
+    /// How many requests to the bootstrap endpoint failed so far (including renewals that
+    /// failed while the previous certificate was still valid).
+    pub fn failures(&self) -> u64 {
+        self.failures
+    }
+
+    /// The identity to connect with now; with the bootstrap, asks for a new certificate first
+    /// when none is held or the current one is two thirds through its life.
+    pub async fn current(&mut self) -> Result<CurrentTls, CertificateError> {
+        self.current_at(now_ms).await
+    }
+
+    async fn current_at(&mut self, now: impl Fn() -> i64) -> Result<CurrentTls, CertificateError> {
+        let (url, ca_pem, token_file) = match &self.credentials {
+            Credentials::Insecure => {
+                return Ok(CurrentTls {
+                    tls: None,
+                    renewed: false,
+                });
+            }
+            Credentials::Static(tls) => {
+                return Ok(CurrentTls {
+                    tls: Some(tls.clone()),
+                    renewed: false,
+                });
+            }
+            Credentials::Bootstrap {
+                url,
+                ca_pem,
+                token_file,
+            } => (url, ca_pem, token_file),
+        };
+        let due = self
+            .certificate
+            .as_ref()
+            .is_none_or(|c| now() >= c.renew_at_ms());
+        let mut renewed = false;
+        if due {
+            // The token is read at every renewal: projected tokens rotate.
+            let issued = match tokio::fs::read_to_string(token_file).await {
+                Ok(token) => request_certificate(url, ca_pem, &token)
+                    .await
+                    .map_err(CertificateError::from),
+                Err(source) => Err(CertificateError::Token {
+                    path: token_file.clone(),
+                    source,
+                }),
+            };
+            match issued {
+                Ok(issued) => {
+                    tracing::info!(
+                        identity = %issued.identity,
+                        not_after_ms = issued.not_after_ms,
+                        "received a client certificate"
+                    );
+                    self.certificate = Some(issued);
+                    renewed = true;
+                }
+                Err(error) => {
+                    self.failures += 1;
+                    let expired = self
+                        .certificate
+                        .as_ref()
+                        .is_none_or(|c| now() >= c.not_after_ms);
+                    if expired {
+                        self.certificate = None;
+                        return Err(error);
+                    }
+                    tracing::warn!(%error, "cannot renew the client certificate yet; the current one is still valid");
+                }
+            }
+        }
+        Ok(CurrentTls {
+            tls: self.certificate.as_ref().map(|c| c.tls.clone()),
+            renewed,
+        })
+    }
+}
+
+/// Why a write through an [`IngestLink`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("cannot get a client certificate: {0}")]
+    Certificate(#[from] CertificateError),
+    #[error(transparent)]
+    Connect(ClientError),
+    #[error(transparent)]
+    Write(WriteError),
+}
+
+/// A Flight ingest client to the appliance that renews its certificate and reconnects when
+/// needed: after a renewal, after a failed write, or after [`IngestLink::reset`].
+#[derive(Debug)]
+pub struct IngestLink {
+    url: String,
+    tls: AgentTls,
+    client: Option<IngestClient>,
+}
+
+impl IngestLink {
+    /// A link to the appliance's Flight URL `url`; nothing is connected until it is used.
+    pub fn new(url: String, credentials: Credentials) -> Self {
+        Self {
+            url,
+            tls: AgentTls::new(credentials),
+            client: None,
+        }
+    }
+
+    /// The certificate state (for metrics).
+    pub fn tls(&self) -> &AgentTls {
+        &self.tls
+    }
+
+    /// Drops the connection, so the next use reconnects.
+    pub fn reset(&mut self) {
+        self.client = None;
+    }
+
+    /// A connected client, renewing the certificate first when it is due.
+    pub async fn connect(&mut self) -> Result<&mut IngestClient, LinkError> {
+        let current = self.tls.current().await?;
+        if current.renewed {
+            self.client = None;
+        }
+        if self.client.is_none() {
+            let client = IngestClient::connect(&self.url, current.tls)
+                .await
+                .map_err(LinkError::Connect)?;
+            self.client = Some(client);
+        }
+        Ok(self.client.as_mut().expect("connected"))
+    }
+
+    /// Writes batches to `table` in one `DoPut` (see [`IngestClient::write`]); after a failure
+    /// the connection is dropped, so the next write reconnects.
+    pub async fn write(
+        &mut self,
+        table: Table,
+        batches: Vec<RecordBatch>,
+    ) -> Result<Vec<IngestAck>, LinkError> {
+        let client = self.connect().await?;
+        match client.write(table, batches).await {
+            Ok(acks) => Ok(acks),
+            Err(error) => {
+                self.client = None;
+                Err(LinkError::Write(error))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicI64, Ordering};
+
+    fn tls(name: &str) -> ClientTls {
+        ClientTls {
+            ca_pem: b"ca".to_vec(),
+            cert_pem: name.as_bytes().to_vec(),
+            key_pem: b"key".to_vec(),
+            domain: None,
+        }
+    }
+
+    /// A bootstrap URL where nothing listens: every request fails (connection refused).
+    fn unreachable_bootstrap(token_file: PathBuf) -> Credentials {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = params.self_signed(&key).unwrap().pem();
+        Credentials::Bootstrap {
+            url: format!("https://127.0.0.1:{port}"),
+            ca_pem: ca.into_bytes(),
+            token_file,
+        }
+    }
+
+    #[tokio::test]
+    async fn files_and_no_tls_are_presented_as_they_are() {
+        let mut none = AgentTls::new(Credentials::Insecure);
+        let current = none.current().await.unwrap();
+        assert!(current.tls.is_none() && !current.renewed);
+        let mut files = AgentTls::new(Credentials::Static(tls("static")));
+        let current = files.current().await.unwrap();
+        assert_eq!(current.tls.unwrap().cert_pem, b"static");
+        assert!(!current.renewed);
+        assert_eq!(files.failures(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_failed_renewal_keeps_a_valid_certificate_and_an_expired_one_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, "t").unwrap();
+        let mut agent = AgentTls::new(unreachable_bootstrap(token_file.clone()));
+        // A certificate valid from 1,000 to 4,000 ms: due for renewal at 3,000.
+        agent.certificate = Some(IssuedCertificate {
+            tls: tls("issued"),
+            not_before_ms: 1_000,
+            not_after_ms: 4_000,
+            identity: "system:serviceaccount:t:agent".into(),
+        });
+        let clock = Arc::new(AtomicI64::new(2_000));
+        let now = || clock.load(Ordering::Relaxed);
+
+        // Not due: no request is made.
+        let current = agent.current_at(now).await.unwrap();
+        assert_eq!(current.tls.unwrap().cert_pem, b"issued");
+        assert_eq!(agent.failures(), 0);
+
+        // Due, the endpoint unreachable, still valid: the old certificate is kept.
+        clock.store(3_500, Ordering::Relaxed);
+        let current = agent.current_at(now).await.unwrap();
+        assert_eq!(current.tls.unwrap().cert_pem, b"issued");
+        assert!(!current.renewed);
+        assert_eq!(agent.failures(), 1);
+
+        // An unreadable token is a failed renewal like any other.
+        std::fs::remove_file(&token_file).unwrap();
+        let current = agent.current_at(now).await.unwrap();
+        assert!(current.tls.is_some());
+        assert_eq!(agent.failures(), 2);
+
+        // Expired: the call fails and the certificate is gone.
+        clock.store(4_000, Ordering::Relaxed);
+        let err = agent.current_at(now).await.unwrap_err();
+        assert!(matches!(err, CertificateError::Token { .. }), "{err}");
+        assert!(err.to_string().contains("ServiceAccount token"), "{err}");
+        assert!(agent.certificate().is_none());
+        std::fs::write(&token_file, "t").unwrap();
+        let err = agent.current_at(now).await.unwrap_err();
+        assert!(
+            matches!(err, CertificateError::Bootstrap(BootstrapError::Unreachable { .. })),
+            "{err}"
+        );
+        assert_eq!(agent.failures(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_link_without_a_certificate_fails_before_connecting() {
+        let dir = tempfile::tempdir().unwrap();
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, "t").unwrap();
+        let mut link = IngestLink::new(
+            "https://127.0.0.1:1".into(),
+            unreachable_bootstrap(token_file),
+        );
+        let err = link.connect().await.unwrap_err();
+        assert!(matches!(err, LinkError::Certificate(_)), "{err}");
+        assert_eq!(link.tls().failures(), 1);
+    }
+}
