@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arrow::array::RecordBatch;
-use tally_wire::bootstrap::{IssuedCertificate, request_certificate};
-use tally_wire::{IngestClient, Table};
+use tally_wire::Table;
+use tally_wire::link::{IngestLink, LinkError};
 use tokio::sync::{Notify, watch};
 
 use crate::health::Metrics;
@@ -133,12 +133,9 @@ impl Outbox {
 
 pub use tally_wire::agent::Credentials;
 
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
-
 /// Drains the outbox into the appliance at `appliance_url` until `stop` turns true and the
-/// outbox is empty (the caller bounds how long that may take).
+/// outbox is empty (the caller bounds how long that may take). The client certificate is
+/// renewed by [`IngestLink`] (at 2/3 of its life, see `tally_wire::link`).
 pub async fn deliver(
     outbox: Arc<Outbox>,
     appliance_url: String,
@@ -146,8 +143,7 @@ pub async fn deliver(
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut client: Option<IngestClient> = None;
-    let mut certificate: Option<IssuedCertificate> = None;
+    let mut link = IngestLink::new(appliance_url, credentials);
     let mut backoff = Duration::from_millis(200);
     let pause = |backoff: &mut Duration| {
         let wait = *backoff;
@@ -158,63 +154,21 @@ pub async fn deliver(
         if *stop.borrow() && outbox.is_empty() {
             return;
         }
-        // A certificate first (and a new one at 2/3 of its life).
-        if let Credentials::Bootstrap {
-            url,
-            ca_pem,
-            token_file,
-        } = &credentials
-            && certificate
-                .as_ref()
-                .is_none_or(|c| now_ms() >= c.renew_at_ms())
-        {
-            let issued = match tokio::fs::read_to_string(token_file).await {
-                Ok(token) => request_certificate(url, ca_pem, &token)
-                    .await
-                    .map_err(|e| e.to_string()),
-                Err(e) => Err(format!(
-                    "cannot read the ServiceAccount token {}: {e}",
-                    token_file.display()
-                )),
-            };
-            match issued {
-                Ok(issued) => {
-                    tracing::info!(identity = %issued.identity, not_after_ms = issued.not_after_ms, "received a client certificate");
-                    metrics
-                        .certificate_expiry_ms
-                        .store(issued.not_after_ms, Ordering::Relaxed);
-                    certificate = Some(issued);
-                    client = None;
-                }
-                Err(error) => {
-                    metrics.bootstrap_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(%error, "cannot get a client certificate");
-                    let expired = certificate
-                        .as_ref()
-                        .is_none_or(|c| now_ms() >= c.not_after_ms);
-                    if expired {
-                        certificate = None;
-                        client = None;
-                        pause(&mut backoff).await;
-                        continue;
-                    }
-                }
+        // A certificate first (and a new one at 2/3 of its life), then a connection.
+        let connected = link.connect().await.map(|_| ());
+        certificate_metrics(&link, &metrics);
+        match connected {
+            Ok(()) => {}
+            Err(LinkError::Certificate(error)) => {
+                tracing::warn!(%error, "cannot get a client certificate");
+                pause(&mut backoff).await;
+                continue;
             }
-        }
-        if client.is_none() {
-            let tls = match &credentials {
-                Credentials::Insecure => None,
-                Credentials::Static(tls) => Some(tls.clone()),
-                Credentials::Bootstrap { .. } => certificate.as_ref().map(|c| c.tls.clone()),
-            };
-            match IngestClient::connect(&appliance_url, tls).await {
-                Ok(c) => client = Some(c),
-                Err(error) => {
-                    metrics.send_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(%error, "appliance unreachable; batches wait in the buffer");
-                    pause(&mut backoff).await;
-                    continue;
-                }
+            Err(error) => {
+                metrics.send_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%error, "appliance unreachable; batches wait in the buffer");
+                pause(&mut backoff).await;
+                continue;
             }
         }
         let Some((seq, table, batch)) = outbox.front() else {
@@ -226,20 +180,31 @@ pub async fn deliver(
             continue;
         };
         let rows = batch.num_rows();
-        let writer = client.as_mut().expect("connected");
-        match writer.write(table, vec![batch]).await {
+        match link.write(table, vec![batch]).await {
             Ok(_) => {
                 outbox.acknowledged(seq);
                 metrics.sent(table.name(), rows);
                 backoff = Duration::from_millis(200);
             }
             Err(error) => {
+                certificate_metrics(&link, &metrics);
                 metrics.send_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(%error, %table, "write failed; retrying");
-                client = None;
                 pause(&mut backoff).await;
             }
         }
+    }
+}
+
+/// The bootstrap's failures and the current certificate's expiry, as metrics.
+fn certificate_metrics(link: &IngestLink, metrics: &Metrics) {
+    metrics
+        .bootstrap_errors
+        .store(link.tls().failures(), Ordering::Relaxed);
+    if let Some(certificate) = link.tls().certificate() {
+        metrics
+            .certificate_expiry_ms
+            .store(certificate.not_after_ms, Ordering::Relaxed);
     }
 }
 

@@ -30,7 +30,9 @@ use std::sync::{Arc, Mutex, RwLock, mpsc};
 use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
-use tally_wire::{ClientTls, IngestClient, Table};
+use tally_wire::Table;
+use tally_wire::agent::{ApplianceArgs, CredentialsError};
+use tally_wire::link::IngestLink;
 
 use crate::bpf::{BpfFeatures, BpfPrograms};
 use crate::domains::DomainMap;
@@ -51,6 +53,8 @@ pub enum NetmonError {
     Kubernetes(String),
     #[error("configuration: {0}")]
     Config(String),
+    #[error(transparent)]
+    Credentials(#[from] CredentialsError),
     #[error("building a batch: {0}")]
     Batch(#[from] arrow::error::ArrowError),
 }
@@ -69,26 +73,11 @@ pub enum Mode {
 /// `tally-agent netmon`: the node network agent.
 #[derive(Debug, Clone, clap::Args)]
 pub struct NetmonArgs {
-    /// The appliance's Flight ingest address: `https://host:port` with mutual TLS,
-    /// `http://host:port` without (local tests only).
-    #[arg(long, env = "TALLY_APPLIANCE")]
-    pub appliance: String,
-
-    /// PEM file of the CA that signed the appliance's certificate.
-    #[arg(long, env = "TALLY_TLS_CA", requires_all = ["tls_cert", "tls_key"])]
-    pub tls_ca: Option<PathBuf>,
-
-    /// PEM file of this agent's client certificate.
-    #[arg(long, env = "TALLY_TLS_CERT")]
-    pub tls_cert: Option<PathBuf>,
-
-    /// PEM file of this agent's private key.
-    #[arg(long, env = "TALLY_TLS_KEY")]
-    pub tls_key: Option<PathBuf>,
-
-    /// The name in the appliance's certificate, when it differs from the address's host.
-    #[arg(long, env = "TALLY_TLS_DOMAIN")]
-    pub tls_domain: Option<String>,
+    /// How to reach the appliance: the same flags as every agent (`--appliance`,
+    /// `--bootstrap-url` with `--appliance-ca` and `--token-file`, or `--tls-cert` and
+    /// `--tls-key`, or `--insecure`).
+    #[command(flatten)]
+    pub connection: ApplianceArgs,
 
     /// This node's name: written in every row, and the pods watched are the ones scheduled
     /// here (set it from the downward API, `spec.nodeName`).
@@ -428,29 +417,11 @@ impl Backlog {
     }
 }
 
-async fn connect(args: &NetmonArgs) -> Result<IngestClient, String> {
-    let tls = match (&args.tls_ca, &args.tls_cert, &args.tls_key) {
-        (Some(ca), Some(cert), Some(key)) => {
-            let read =
-                |p: &PathBuf| std::fs::read(p).map_err(|e| format!("reading {}: {e}", p.display()));
-            Some(ClientTls {
-                ca_pem: read(ca)?,
-                cert_pem: read(cert)?,
-                key_pem: read(key)?,
-                domain: args.tls_domain.clone(),
-            })
-        }
-        _ => None,
-    };
-    IngestClient::connect(&args.appliance, tls)
-        .await
-        .map_err(|e| e.to_string())
-}
-
 /// Where the batches go.
 #[derive(Debug, Clone)]
 pub enum Sink {
-    /// The appliance at `--appliance`, over Flight `DoPut`.
+    /// The appliance at `--appliance`, over Flight `DoPut`, with the client certificate
+    /// the connection flags say (renewed at two thirds of its life when bootstrapped).
     Appliance,
     /// A channel, instead of the appliance: for tests and benchmarks that read what the
     /// agent would send.
@@ -458,38 +429,24 @@ pub enum Sink {
 }
 
 /// Sends the backlog in order; stops at the first failure (kept for the next flush).
-async fn send(
-    client: &mut Option<IngestClient>,
-    args: &NetmonArgs,
-    sink: &Sink,
-    backlog: &mut Backlog,
-) {
-    if let Sink::Channel(channel) = sink {
-        for (table, batch) in backlog.batches.drain(..) {
-            let _ = channel.send((table, batch));
+async fn send(link: Option<&mut IngestLink>, sink: &Sink, backlog: &mut Backlog) {
+    let Some(link) = link else {
+        if let Sink::Channel(channel) = sink {
+            for (table, batch) in backlog.batches.drain(..) {
+                let _ = channel.send((table, batch));
+            }
         }
         backlog.rows = 0;
         return;
-    }
+    };
     while let Some((table, batch)) = backlog.batches.front().cloned() {
-        if client.is_none() {
-            match connect(args).await {
-                Ok(c) => *client = Some(c),
-                Err(e) => {
-                    tracing::warn!("cannot reach the appliance (will retry): {e}");
-                    return;
-                }
-            }
-        }
-        let c = client.as_mut().expect("connected");
-        match c.write(table, vec![batch]).await {
+        match link.write(table, vec![batch]).await {
             Ok(_) => {
                 let (_, sent) = backlog.batches.pop_front().expect("front");
                 backlog.rows -= sent.num_rows();
             }
             Err(e) => {
-                tracing::warn!("writing {table} failed (will retry): {e}");
-                *client = None;
+                tracing::warn!("sending {table} to the appliance failed (will retry): {e}");
                 return;
             }
         }
@@ -586,6 +543,14 @@ pub async fn run_until(
             args.poll_interval, args.flush_interval
         )));
     }
+    // The flags are checked (and the CA and certificate files read) before anything starts.
+    let mut link = match &sink {
+        Sink::Appliance => Some(IngestLink::new(
+            args.connection.appliance.clone(),
+            args.connection.credentials()?,
+        )),
+        Sink::Channel(_) => None,
+    };
     let pods = if args.no_kubernetes {
         None
     } else {
@@ -723,7 +688,6 @@ pub async fn run_until(
         threads.push(handle);
     }
 
-    let mut client = None;
     let mut backlog = Backlog {
         batches: VecDeque::new(),
         rows: 0,
@@ -754,7 +718,7 @@ pub async fn run_until(
         for (table, batch) in take_window(&shared, &args.node, window)? {
             backlog.push(table, batch);
         }
-        send(&mut client, &args, &sink, &mut backlog).await;
+        send(link.as_mut(), &sink, &mut backlog).await;
         if stopping {
             if backlog.rows > 0 {
                 tracing::warn!(
@@ -790,17 +754,79 @@ mod tests {
         );
     }
 
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: NetmonArgs,
+    }
+
     #[test]
     fn every_flag_is_documented() {
         use clap::CommandFactory;
-        #[derive(clap::Parser)]
-        struct Cli {
-            #[command(flatten)]
-            args: NetmonArgs,
-        }
         for arg in Cli::command().get_arguments() {
             assert!(arg.get_help().is_some(), "--{} has no help", arg.get_id());
         }
+    }
+
+    #[test]
+    fn the_connection_flags_are_every_agents() {
+        use clap::Parser;
+        use tally_wire::agent::Credentials;
+        let cli = Cli::try_parse_from([
+            "netmon",
+            "--appliance",
+            "https://tally-appliance.tally.svc:50051",
+            "--bootstrap-url",
+            "https://tally-appliance.tally.svc:8443",
+            "--appliance-ca",
+            "/etc/tally/ca/ca.crt",
+            "--node",
+            "n1",
+        ])
+        .unwrap();
+        let c = &cli.args.connection;
+        assert_eq!(
+            c.bootstrap_url.as_deref(),
+            Some("https://tally-appliance.tally.svc:8443")
+        );
+        assert_eq!(
+            c.token_file,
+            PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount/token"),
+            "the ServiceAccount token of the pod by default"
+        );
+        assert_eq!(cli.args.node, "n1");
+        let cli = Cli::try_parse_from([
+            "netmon",
+            "--appliance",
+            "http://127.0.0.1:1",
+            "--insecure",
+            "--node",
+            "n1",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.args.connection.credentials().unwrap(),
+            Credentials::Insecure
+        ));
+        // TLS without a way to get a certificate is refused with the flags to use.
+        let cli =
+            Cli::try_parse_from(["netmon", "--appliance", "https://x:1", "--node", "n1"]).unwrap();
+        let err = cli.args.connection.credentials().unwrap_err().to_string();
+        assert!(err.contains("--bootstrap-url"), "{err}");
+        // The old flags are gone, not silently ignored.
+        let err = Cli::try_parse_from([
+            "netmon",
+            "--appliance",
+            "https://x:1",
+            "--tls-ca",
+            "ca.pem",
+            "--node",
+            "n1",
+        ])
+        .err()
+        .expect("--tls-ca is refused")
+        .to_string();
+        assert!(err.contains("--tls-ca"), "{err}");
     }
 
     #[test]

@@ -19,6 +19,7 @@ use arrow::array::{Array, Int64Array, RecordBatch, StringArray};
 use tally_netmon::flows::{FlowTable, Limits};
 use tally_netmon::{Mode, NetmonArgs, Sink, ct};
 use tally_wire::Table;
+use tally_wire::agent::ApplianceArgs;
 
 fn sh(command: &str) -> String {
     let out = Command::new("sh")
@@ -203,11 +204,16 @@ fn udp_client(socket: &UdpSocket, to: SocketAddr, count: usize, size: usize) {
 
 fn args(mode: Mode) -> NetmonArgs {
     NetmonArgs {
-        appliance: "http://127.0.0.1:1".into(),
-        tls_ca: None,
-        tls_cert: None,
-        tls_key: None,
-        tls_domain: None,
+        // Unused: the batches go to a channel (Sink::Channel).
+        connection: ApplianceArgs {
+            appliance: "http://127.0.0.1:1".into(),
+            bootstrap_url: None,
+            appliance_ca: None,
+            token_file: PathBuf::from("/nonexistent"),
+            tls_cert: None,
+            tls_key: None,
+            insecure: true,
+        },
         node: "test-node".into(),
         mode,
         poll_interval: Duration::from_millis(100),

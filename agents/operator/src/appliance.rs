@@ -3,7 +3,8 @@
 //! appended to the `actions` table with Flight `DoPut`.
 //!
 //! The certificate comes from the appliance's bootstrap endpoint (the ServiceAccount token
-//! proves who the operator is) and is renewed at two thirds of its life, or from files.
+//! proves who the operator is) and is renewed at two thirds of its life by
+//! `tally_wire::link::AgentTls`, the same as every agent's, or from files.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use arrow::array::{Array, AsArray, RecordBatch, StringArray, TimestampMillisecon
 use arrow::datatypes::{Float64Type, Int64Type};
 use arrow_flight::sql::client::FlightSqlServiceClient;
 use futures::TryStreamExt;
-use tally_wire::bootstrap::{IssuedCertificate, request_certificate};
+use tally_wire::link::{AgentTls, CertificateError};
 use tally_wire::{ClientTls, IngestClient, Table};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
@@ -23,7 +24,7 @@ pub use tally_wire::agent::Credentials;
 #[derive(Debug, thiserror::Error)]
 pub enum ApplianceError {
     #[error("cannot get a client certificate: {0}")]
-    Certificate(String),
+    Certificate(#[from] CertificateError),
     #[error("cannot connect to the appliance at {url}: {reason}")]
     Connect { url: String, reason: String },
     #[error("query `{sql}` failed: {reason}")]
@@ -76,11 +77,11 @@ pub struct ActionRow {
     pub message: Option<String>,
 }
 
-/// A connection to the appliance that renews its certificate and reconnects when needed.
+/// A connection to the appliance that renews its certificate (`tally_wire::link`) and
+/// reconnects when needed.
 pub struct Appliance {
     url: String,
-    credentials: Credentials,
-    certificate: Option<IssuedCertificate>,
+    tls: AgentTls,
     sql: Option<FlightSqlServiceClient<Channel>>,
     ingest: Option<IngestClient>,
 }
@@ -93,8 +94,7 @@ impl Appliance {
     pub fn new(url: String, credentials: Credentials) -> Self {
         Self {
             url,
-            credentials,
-            certificate: None,
+            tls: AgentTls::new(credentials),
             sql: None,
             ingest: None,
         }
@@ -106,48 +106,14 @@ impl Appliance {
         self.ingest = None;
     }
 
+    /// The identity to connect with; a renewed certificate drops the connections made with
+    /// the previous one.
     async fn tls(&mut self) -> Result<Option<ClientTls>, ApplianceError> {
-        match &self.credentials {
-            Credentials::Insecure => Ok(None),
-            Credentials::Static(tls) => Ok(Some(tls.clone())),
-            Credentials::Bootstrap {
-                url,
-                ca_pem,
-                token_file,
-            } => {
-                let due = self
-                    .certificate
-                    .as_ref()
-                    .is_none_or(|c| now_ms() >= c.renew_at_ms());
-                if due {
-                    let token = tokio::fs::read_to_string(token_file).await.map_err(|e| {
-                        ApplianceError::Certificate(format!(
-                            "cannot read the ServiceAccount token {}: {e}",
-                            token_file.display()
-                        ))
-                    })?;
-                    match request_certificate(url, ca_pem, &token).await {
-                        Ok(issued) => {
-                            tracing::info!(identity = %issued.identity, not_after_ms = issued.not_after_ms, "received a client certificate");
-                            self.certificate = Some(issued);
-                            self.reset();
-                        }
-                        Err(e) => {
-                            let expired = self
-                                .certificate
-                                .as_ref()
-                                .is_none_or(|c| now_ms() >= c.not_after_ms);
-                            if expired {
-                                self.certificate = None;
-                                return Err(ApplianceError::Certificate(e.to_string()));
-                            }
-                            tracing::warn!(error = %e, "cannot renew the client certificate yet");
-                        }
-                    }
-                }
-                Ok(self.certificate.as_ref().map(|c| c.tls.clone()))
-            }
+        let current = self.tls.current().await?;
+        if current.renewed {
+            self.reset();
         }
+        Ok(current.tls)
     }
 
     async fn sql_client(&mut self) -> Result<&mut FlightSqlServiceClient<Channel>, ApplianceError> {

@@ -188,7 +188,14 @@ impl IngestLink {
 
     /// A connected client, renewing the certificate first when it is due.
     pub async fn connect(&mut self) -> Result<&mut IngestClient, LinkError> {
-        let current = self.tls.current().await?;
+        let current = match self.tls.current().await {
+            Ok(current) => current,
+            Err(error) => {
+                // No valid certificate: the connection made with the expired one goes too.
+                self.client = None;
+                return Err(error.into());
+            }
+        };
         if current.renewed {
             self.client = None;
         }
@@ -307,7 +314,10 @@ mod tests {
         std::fs::write(&token_file, "t").unwrap();
         let err = agent.current_at(now).await.unwrap_err();
         assert!(
-            matches!(err, CertificateError::Bootstrap(BootstrapError::Unreachable { .. })),
+            matches!(
+                err,
+                CertificateError::Bootstrap(BootstrapError::Unreachable { .. })
+            ),
             "{err}"
         );
         assert_eq!(agent.failures(), 4);
