@@ -303,6 +303,43 @@ async fn refuses_everything_but_reading() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expressions_nest_at_most_the_bound_and_deeper_ones_are_refused_before_planning() {
+    let fixture = store_with_events().await;
+    let engine = engine(&fixture, limits());
+    let max = crate::guard::MAX_EXPRESSION_DEPTH;
+    // A flat sum nests once per term (plus the SELECT item itself): at the bound it answers.
+    let terms = max - 1;
+    let within = format!("SELECT 1{} AS n", " + 1".repeat(terms - 1));
+    let (_, batches) = engine.collect(&within).await.unwrap();
+    assert_eq!(column_strings(&batches, "n"), [terms.to_string()]);
+    for sql in [
+        format!("SELECT 1{}", " + 1".repeat(max + 1)),
+        format!(
+            "SELECT count(*) FROM events WHERE {}",
+            vec!["reason = 'x'"; max + 2].join(" OR ")
+        ),
+    ] {
+        match engine.execute(&sql).await {
+            Err(e @ QueryError::Refused { .. }) => {
+                assert!(
+                    e.to_string()
+                        .contains(&format!("nested more than {max} levels deep")),
+                    "{e}"
+                );
+                assert!(e.is_client_error());
+            }
+            other => panic!("{}…: expected a refusal, got {other:?}", &sql[..40]),
+        }
+    }
+    // Nested calls and parentheses recurse in the parser, whose own limit stops them first.
+    let calls = format!("SELECT {}1{}", "abs(".repeat(max + 1), ")".repeat(max + 1));
+    let error = engine.execute(&calls).await.unwrap_err();
+    assert!(error.to_string().contains("nests too deeply"), "{error}");
+    // The engine still answers.
+    assert_answers_select_1(&engine).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_table_function_reads_files() {
     let fixture = store_with_events().await;
     let engine = engine(&fixture, limits());
