@@ -213,7 +213,7 @@ fn every_variant_renders_what_its_values_say() {
         "serve",
         "--bootstrap-listen=0.0.0.0:8443",
         "--ca-secret=tally/tally-ca",
-        "--bootstrap-allow=tally:tally-collector,tally:tally-operator",
+        "--bootstrap-allow=tally:tally-collector,tally:tally-operator,tally:tally-netmon",
     ] {
         assert!(
             appliance_args.iter().any(|a| a == expected),
@@ -255,6 +255,41 @@ fn every_variant_renders_what_its_values_say() {
         netmon_container["securityContext"]["capabilities"],
         serde_json::json!({"drop": ["ALL"], "add": ["NET_ADMIN"]})
     );
+    // netmon gets its certificate like the collector: its ServiceAccount token at the
+    // bootstrap, the CA from the appliance's ConfigMap; no certificate Secret to make by hand.
+    let netmon_args = args_of(netmon_pod);
+    for expected in [
+        "--appliance=https://tally-appliance.tally.svc:50051",
+        "--bootstrap-url=https://tally-appliance.tally.svc:8443",
+        "--appliance-ca=/etc/tally/ca/ca.crt",
+    ] {
+        assert!(
+            netmon_args.iter().any(|a| a == expected),
+            "{expected} missing: {netmon_args:?}"
+        );
+    }
+    assert!(
+        !netmon_args.iter().any(|a| a.starts_with("--tls-")),
+        "{netmon_args:?}"
+    );
+    assert_eq!(netmon_pod["automountServiceAccountToken"], true);
+    assert_eq!(netmon_pod["serviceAccountName"], "tally-netmon");
+    assert_eq!(
+        netmon_pod["volumes"],
+        serde_json::json!([{"name": "appliance-ca", "configMap": {"name": "tally-ca"}}]),
+        "only the CA ConfigMap, no Secret"
+    );
+    let node_rule = get(&all, "NetworkPolicy", "tally-appliance")["spec"]["ingress"]
+        .as_array()
+        .expect("ingress")
+        .iter()
+        .find(|r| r["from"].is_null() && r["ports"].to_string().contains("flight"))
+        .cloned()
+        .expect("a rule for netmon on the host network");
+    assert!(
+        node_rule["ports"].to_string().contains("bootstrap"),
+        "netmon reaches the bootstrap from the host network: {node_rule}"
+    );
     assert!(
         find(&all, "Ingress", "tally-appliance").is_none(),
         "no Ingress by default"
@@ -272,7 +307,6 @@ fn every_variant_renders_what_its_values_say() {
     for needle in [
         "kubectl -n tally port-forward svc/tally-appliance 8080:8080",
         "Sign in with a Kubernetes token",
-        "tally-netmon-tls",
     ] {
         assert!(
             notes.contains(needle),
@@ -376,7 +410,13 @@ fn every_variant_renders_what_its_values_say() {
         "one image: {default_images}"
     );
 
-    // netmon off: no DaemonSet, no netmon RBAC, and the ingest port is no longer open to nodes.
+    assert!(
+        !notes.contains("netmon-tls"),
+        "no certificate to make by hand:\n{notes}"
+    );
+
+    // netmon off: no DaemonSet, no netmon RBAC, no certificate for its account, and the
+    // ingest port is no longer open to nodes.
     let no_netmon = objects(&VARIANTS[2]);
     assert!(no_netmon.iter().all(|o| {
         !o["metadata"]["name"]
@@ -384,6 +424,12 @@ fn every_variant_renders_what_its_values_say() {
             .unwrap_or("")
             .contains("netmon")
     }));
+    let args =
+        args_of(&get(&no_netmon, "StatefulSet", "tally-appliance")["spec"]["template"]["spec"]);
+    assert!(
+        args.contains(&"--bootstrap-allow=tally:tally-collector,tally:tally-operator".to_string()),
+        "{args:?}"
+    );
     let policy = get(&no_netmon, "NetworkPolicy", "tally-appliance");
     for rule in policy["spec"]["ingress"].as_array().expect("ingress") {
         if rule["ports"].to_string().contains("flight") {
@@ -405,7 +451,7 @@ fn every_variant_renders_what_its_values_say() {
     let args =
         args_of(&get(&no_operator, "StatefulSet", "tally-appliance")["spec"]["template"]["spec"]);
     assert!(
-        args.contains(&"--bootstrap-allow=tally:tally-collector".to_string()),
+        args.contains(&"--bootstrap-allow=tally:tally-collector,tally:tally-netmon".to_string()),
         "{args:?}"
     );
 
