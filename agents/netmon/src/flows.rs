@@ -176,11 +176,27 @@ impl FlowTable {
 
     /// Accounts one complete reading of the source (every live entry once).
     pub fn poll(&mut self, readings: impl IntoIterator<Item = Reading>) -> PollStats {
+        match self.try_poll(readings.into_iter().map(Ok::<_, std::convert::Infallible>)) {
+            Ok(stats) => stats,
+            Err(never) => match never {},
+        }
+    }
+
+    /// Accounts a reading of the source that streams in and may fail part way (a netlink
+    /// dump). The readings before an error count as usual, but the poll is incomplete: the
+    /// entries it did not reach are kept, not forgotten (forgetting them would count their
+    /// whole counters again when the next poll finds them), and a first poll stays a
+    /// baseline.
+    pub fn try_poll<E>(
+        &mut self,
+        readings: impl IntoIterator<Item = Result<Reading, E>>,
+    ) -> Result<PollStats, E> {
         self.poll += 1;
         let poll = self.poll;
         let counting = self.baseline_done;
         let mut stats = PollStats::default();
         for reading in readings {
+            let reading = reading?;
             stats.entries += 1;
             let delta = match self.last.get_mut(&reading.entry) {
                 Some(last) => {
@@ -244,7 +260,7 @@ impl FlowTable {
         });
         stats.expired = before - self.last.len();
         self.baseline_done = true;
-        stats
+        Ok(stats)
     }
 
     /// The entries forgotten for being idle since the last call. A source whose counters
@@ -427,5 +443,30 @@ mod tests {
         assert_eq!(protocol_name(6), "tcp");
         assert_eq!(protocol_name(17), "udp");
         assert_eq!(protocol_name(99), "ip-99");
+    }
+
+    #[test]
+    fn a_cut_poll_forgets_nothing_it_did_not_reach() {
+        let mut table = FlowTable::new(Limits {
+            max_entries: 10,
+            max_flows: 10,
+            idle_polls: u64::MAX,
+        });
+        let a = |tx| reading("1.1.1.1", 1, 1, tx, 0);
+        let b = |tx| reading("2.2.2.2", 1, 2, tx, 0);
+        // A baseline cut after `a`: it stays a baseline, so `b` is not counted whole later.
+        let cut = table.try_poll([Ok(a(100)), Err("ENOBUFS")]);
+        assert_eq!(cut, Err("ENOBUFS"));
+        table.poll([a(100), b(500)]);
+        assert!(table.flush().is_empty(), "still the baseline");
+        // Both move; the dump breaks after `a`: `a` counts, `b` is kept, not forgotten.
+        let cut = table.try_poll([Ok(a(300)), Err("EINTR")]);
+        assert!(cut.is_err());
+        assert!(table.remembers(&b(0).entry));
+        assert_eq!(totals(&table.flush()), vec![("1.1.1.1".into(), 200, 0)]);
+        // The next complete poll counts only `b`'s new traffic, never its whole counters.
+        let stats = table.try_poll([Ok::<_, &str>(a(300)), Ok(b(700))]).unwrap();
+        assert_eq!(stats.entries, 2);
+        assert_eq!(totals(&table.flush()), vec![("2.2.2.2".into(), 200, 0)]);
     }
 }

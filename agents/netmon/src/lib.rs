@@ -15,6 +15,7 @@
 
 pub mod bpf;
 pub mod ct;
+pub mod ctdump;
 pub mod dns;
 pub mod domains;
 pub mod flows;
@@ -308,9 +309,13 @@ fn conntrack_thread(
     };
     loop {
         let running = sleep_unless_stopped(&shared, poll);
-        match reader.read() {
-            Ok(readings) => {
-                let stats = shared.flows.lock().expect("flows lock").poll(readings);
+        // Streamed into the table as the dump arrives (no copy of the whole table).
+        let polled = reader.dump().and_then(|dump| {
+            let mut flows = shared.flows.lock().expect("flows lock");
+            flows.try_poll(dump)
+        });
+        match polled {
+            Ok(stats) => {
                 if stats.dropped > 0 {
                     tracing::warn!(
                         "{} conntrack readings dropped: --max-entries or --max-flows reached",
