@@ -381,8 +381,9 @@ struct IngestCounts {
     tried: u64,
     /// The stream ended OK with at least one acknowledgement.
     acknowledged: u64,
-    /// The stream ended OK with no acknowledgement and no error (what a client sees when the
-    /// appliance's decoding task panics, and also for uploads without a record batch).
+    /// The stream ended OK with no acknowledgement and no error. Must stay 0: a panic in the
+    /// decoder is answered InvalidArgument, an upload without a record batch with an
+    /// acknowledgement of 0 rows.
     ended_without_ack: u64,
     refused: std::collections::BTreeMap<String, u64>,
     /// Inputs after which the appliance printed a panic, by kind.
@@ -453,6 +454,11 @@ fn fuzz_ingest(cases: u32, forbid_panics: bool) {
     });
     println!("hostile ingest: {:?}", counts.borrow());
     result.unwrap();
+    assert_eq!(
+        counts.borrow().ended_without_ack,
+        0,
+        "every upload gets an acknowledgement or an error"
+    );
     assert!(
         server.child.try_wait().expect("wait").is_none(),
         "tally serve exited"

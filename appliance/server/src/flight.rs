@@ -114,6 +114,7 @@ impl FlightSqlService for ApplianceFlight {
         let store = self.store.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         tokio::spawn(async move {
+            let mut written = 0usize;
             loop {
                 // Arrow's IPC decoder panics on some malformed input (slice asserts,
                 // `unimplemented!` for unknown types) instead of returning an error: catch it,
@@ -123,7 +124,23 @@ impl FlightSqlService for ApplianceFlight {
                     .await
                 {
                     Ok(Some(next)) => next,
-                    Ok(None) => break,
+                    Ok(None) => {
+                        // An upload that held no record batch (a schema alone, or messages
+                        // that carry none) stores nothing: say so with an acknowledgement of
+                        // 0 rows rather than end the stream without any answer.
+                        if written == 0 {
+                            let ack = tally_wire::IngestAck {
+                                rows: 0,
+                                sequence: 0,
+                            };
+                            let _ = tx
+                                .send(Ok(PutResult {
+                                    app_metadata: ack.to_bytes().into(),
+                                }))
+                                .await;
+                        }
+                        break;
+                    }
                     Err(panic) => {
                         let reason = panic
                             .downcast_ref::<String>()
@@ -156,6 +173,7 @@ impl FlightSqlService for ApplianceFlight {
                     ))),
                 };
                 let failed = result.is_err();
+                written += 1;
                 if tx.send(result).await.is_err() || failed {
                     break;
                 }
