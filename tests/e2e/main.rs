@@ -9,6 +9,7 @@ mod export;
 mod helm;
 mod hostile;
 mod ingest;
+mod netmon;
 mod operator;
 mod sql_api;
 mod tls;
