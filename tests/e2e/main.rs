@@ -1,6 +1,7 @@
 //! End-to-end tests against real parts: the real `tally` binary and sockets, mutual TLS with
 //! real certificates, kill -9, a real full (tmpfs) disk, DuckDB and pyarrow reading exports.
 
+mod agents;
 mod collector;
 mod demo;
 mod disk;

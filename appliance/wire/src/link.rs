@@ -33,6 +33,8 @@ pub enum CertificateError {
 pub struct AgentTls {
     credentials: Credentials,
     certificate: Option<IssuedCertificate>,
+    /// When to ask for the next certificate (Unix ms).
+    renew_at_ms: i64,
     failures: u64,
 }
 
@@ -58,6 +60,7 @@ impl AgentTls {
         Self {
             credentials,
             certificate: None,
+            renew_at_ms: 0,
             failures: 0,
         }
     }
@@ -99,10 +102,7 @@ impl AgentTls {
                 token_file,
             } => (url, ca_pem, token_file),
         };
-        let due = self
-            .certificate
-            .as_ref()
-            .is_none_or(|c| now() >= c.renew_at_ms());
+        let due = self.certificate.is_none() || now() >= self.renew_at_ms;
         let mut renewed = false;
         if due {
             // The token is read at every renewal: projected tokens rotate.
@@ -122,6 +122,7 @@ impl AgentTls {
                         not_after_ms = issued.not_after_ms,
                         "received a client certificate"
                     );
+                    self.renew_at_ms = renew_at_ms(&issued, now());
                     self.certificate = Some(issued);
                     renewed = true;
                 }
@@ -144,6 +145,16 @@ impl AgentTls {
             renewed,
         })
     }
+}
+
+/// When to renew a certificate received at `received_ms`: two thirds into its validity
+/// ([`IssuedCertificate::renew_at_ms`]), but counted from when it arrived if that is later.
+/// The appliance dates certificates back five minutes for clock skew, so with a short
+/// `--agent-cert-ttl` two thirds of the whole validity can lie before the certificate even
+/// arrived, and every use would ask for a new one.
+fn renew_at_ms(issued: &IssuedCertificate, received_ms: i64) -> i64 {
+    let from_arrival = received_ms + (issued.not_after_ms - received_ms).max(0) * 2 / 3;
+    issued.renew_at_ms().max(from_arrival)
 }
 
 /// Why a write through an [`IngestLink`] failed.
@@ -278,12 +289,15 @@ mod tests {
         std::fs::write(&token_file, "t").unwrap();
         let mut agent = AgentTls::new(unreachable_bootstrap(token_file.clone()));
         // A certificate valid from 1,000 to 4,000 ms: due for renewal at 3,000.
-        agent.certificate = Some(IssuedCertificate {
+        let issued = IssuedCertificate {
             tls: tls("issued"),
             not_before_ms: 1_000,
             not_after_ms: 4_000,
             identity: "system:serviceaccount:t:agent".into(),
-        });
+        };
+        agent.renew_at_ms = renew_at_ms(&issued, 1_000);
+        assert_eq!(agent.renew_at_ms, 3_000);
+        agent.certificate = Some(issued);
         let clock = Arc::new(AtomicI64::new(2_000));
         let now = || clock.load(Ordering::Relaxed);
 
@@ -321,6 +335,30 @@ mod tests {
             "{err}"
         );
         assert_eq!(agent.failures(), 4);
+    }
+
+    #[test]
+    fn renewal_counts_from_arrival_when_the_certificate_was_dated_back() {
+        // Dated back 300 s for clock skew, valid 12 s from its arrival at 1,000,000 ms.
+        let issued = IssuedCertificate {
+            tls: tls("issued"),
+            not_before_ms: 700_000,
+            not_after_ms: 1_012_000,
+            identity: "x".into(),
+        };
+        assert!(
+            issued.renew_at_ms() < 1_000_000,
+            "already due by the validity alone"
+        );
+        assert_eq!(renew_at_ms(&issued, 1_000_000), 1_008_000);
+        // A day's certificate received five minutes into its validity: 100 s after two
+        // thirds of the validity (57,600,000), still long before it ends.
+        let day = IssuedCertificate {
+            not_before_ms: 0,
+            not_after_ms: 86_400_000,
+            ..issued
+        };
+        assert_eq!(renew_at_ms(&day, 300_000), 57_700_000);
     }
 
     #[tokio::test]
