@@ -421,8 +421,12 @@ impl CtSocket {
     /// Starts a dump of the whole table (every address family). The dump yields one reading
     /// per entry as it reads them, or an error that ends it.
     pub fn dump(&self) -> Result<Dump<'_>, NetmonError> {
-        if self.dirty.replace(false) {
-            *self.fd.borrow_mut() = open_socket()?;
+        if self.dirty.get() {
+            let mut fd = self.fd.try_borrow_mut().map_err(|_| {
+                NetmonError::Conntrack("a dump is still being read on this socket".into())
+            })?;
+            *fd = open_socket()?;
+            self.dirty.set(false);
         }
         let seq = self.seq.get().wrapping_add(1);
         self.seq.set(seq);
@@ -879,6 +883,24 @@ mod tests {
             next_message(&cut[..10], &mut offset, 9),
             Some(Err(Skip::Malformed))
         );
+    }
+
+    #[test]
+    fn a_dump_left_unfinished_does_not_spoil_the_next() {
+        // A real socket in this process's network namespace (needs CAP_NET_ADMIN; the test
+        // command runs as root). The table may be empty: the dump still ends with NLMSG_DONE.
+        let socket = CtSocket::open().expect("a NETLINK_NETFILTER socket (run as root)");
+        let abandoned = socket.dump().unwrap();
+        drop(abandoned);
+        assert!(socket.dirty.get(), "an unfinished dump marks the socket");
+        let mut dump = socket.dump().unwrap();
+        let readings: Result<Vec<_>, _> = dump.by_ref().collect();
+        let readings = readings.unwrap();
+        assert_eq!(dump.stats().entries, readings.len());
+        drop(dump);
+        assert!(!socket.dirty.get(), "a fresh socket, dumped to its end");
+        let again: Result<Vec<_>, _> = socket.dump().unwrap().collect();
+        again.unwrap();
     }
 
     proptest::proptest! {
