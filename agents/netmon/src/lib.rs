@@ -12,6 +12,12 @@
 //!
 //! Classification and pricing happen in the appliance, which sees the whole cluster
 //! (`queries/network_*.sql`).
+//!
+//! The batches reach the appliance like every agent's: the connection flags are
+//! `tally_wire::agent::ApplianceArgs` (in a DaemonSet, the pod's ServiceAccount token buys a
+//! client certificate at the appliance's bootstrap endpoint) and `tally_wire::link` renews
+//! the certificate and reconnects. Batches that cannot be sent wait for the next flush,
+//! bounded by rows.
 
 pub mod bpf;
 pub mod ct;
