@@ -4,9 +4,10 @@
 //!
 //! Renewal happens when the agent next needs the appliance (no background task): every call
 //! of [`AgentTls::current`] first checks whether the certificate is due. A failed renewal
-//! keeps the current certificate while it is still valid (and tries again at the next call);
-//! once it has expired the call fails, so the agent waits and retries as for an unreachable
-//! appliance.
+//! keeps the current certificate while it is still valid and is tried again after a tenth of
+//! the validity left (1 s to 5 min), so a slow or failing bootstrap endpoint does not hold up
+//! every write; once the certificate has expired the call fails, so the agent waits and
+//! retries as for an unreachable appliance.
 
 use crate::agent::Credentials;
 use crate::bootstrap::{BootstrapError, IssuedCertificate, request_certificate};
@@ -102,7 +103,10 @@ impl AgentTls {
                 token_file,
             } => (url, ca_pem, token_file),
         };
-        let due = self.certificate.is_none() || now() >= self.renew_at_ms;
+        let due = self
+            .certificate
+            .as_ref()
+            .is_none_or(|c| now() >= self.renew_at_ms || now() >= c.not_after_ms);
         let mut renewed = false;
         if due {
             // The token is read at every renewal: projected tokens rotate.
@@ -128,15 +132,15 @@ impl AgentTls {
                 }
                 Err(error) => {
                     self.failures += 1;
-                    let expired = self
-                        .certificate
-                        .as_ref()
-                        .is_none_or(|c| now() >= c.not_after_ms);
-                    if expired {
-                        self.certificate = None;
-                        return Err(error);
-                    }
-                    tracing::warn!(%error, "cannot renew the client certificate yet; the current one is still valid");
+                    let left_ms = match &self.certificate {
+                        Some(c) if now() < c.not_after_ms => c.not_after_ms - now(),
+                        _ => {
+                            self.certificate = None;
+                            return Err(error);
+                        }
+                    };
+                    self.renew_at_ms = now() + (left_ms / 10).clamp(1_000, 300_000);
+                    tracing::warn!(%error, retry_in_ms = self.renew_at_ms - now(), "cannot renew the client certificate yet; the current one is still valid");
                 }
             }
         }
@@ -288,17 +292,17 @@ mod tests {
         let token_file = dir.path().join("token");
         std::fs::write(&token_file, "t").unwrap();
         let mut agent = AgentTls::new(unreachable_bootstrap(token_file.clone()));
-        // A certificate valid from 1,000 to 4,000 ms: due for renewal at 3,000.
+        // A certificate valid from 1,000 to 31,000 ms: due for renewal at 21,000.
         let issued = IssuedCertificate {
             tls: tls("issued"),
             not_before_ms: 1_000,
-            not_after_ms: 4_000,
+            not_after_ms: 31_000,
             identity: "system:serviceaccount:t:agent".into(),
         };
         agent.renew_at_ms = renew_at_ms(&issued, 1_000);
-        assert_eq!(agent.renew_at_ms, 3_000);
+        assert_eq!(agent.renew_at_ms, 21_000);
         agent.certificate = Some(issued);
-        let clock = Arc::new(AtomicI64::new(2_000));
+        let clock = Arc::new(AtomicI64::new(20_000));
         let now = || clock.load(Ordering::Relaxed);
 
         // Not due: no request is made.
@@ -307,20 +311,29 @@ mod tests {
         assert_eq!(agent.failures(), 0);
 
         // Due, the endpoint unreachable, still valid: the old certificate is kept.
-        clock.store(3_500, Ordering::Relaxed);
+        clock.store(21_000, Ordering::Relaxed);
         let current = agent.current_at(now).await.unwrap();
         assert_eq!(current.tls.unwrap().cert_pem, b"issued");
         assert!(!current.renewed);
         assert_eq!(agent.failures(), 1);
+        // Tried again after a tenth of the 10 s left, not at every use.
+        clock.store(21_900, Ordering::Relaxed);
+        agent.current_at(now).await.unwrap();
+        assert_eq!(agent.failures(), 1);
 
         // An unreadable token is a failed renewal like any other.
         std::fs::remove_file(&token_file).unwrap();
+        clock.store(22_000, Ordering::Relaxed);
         let current = agent.current_at(now).await.unwrap();
         assert!(current.tls.is_some());
         assert_eq!(agent.failures(), 2);
 
-        // Expired: the call fails and the certificate is gone.
-        clock.store(4_000, Ordering::Relaxed);
+        // Half a second left: the next try would be after the end (31,500)...
+        clock.store(30_500, Ordering::Relaxed);
+        assert!(agent.current_at(now).await.is_ok());
+        assert_eq!(agent.failures(), 3);
+        // ...but an expired certificate is never presented: the call fails and it is gone.
+        clock.store(31_000, Ordering::Relaxed);
         let err = agent.current_at(now).await.unwrap_err();
         assert!(matches!(err, CertificateError::Token { .. }), "{err}");
         assert!(err.to_string().contains("ServiceAccount token"), "{err}");
@@ -334,7 +347,7 @@ mod tests {
             ),
             "{err}"
         );
-        assert_eq!(agent.failures(), 4);
+        assert_eq!(agent.failures(), 5);
     }
 
     #[test]
