@@ -1,5 +1,6 @@
-//! kill -9 the appliance at random points while clients write; after every restart every
-//! acknowledged row is present exactly once and every Parquet file reads.
+//! kill -9 the appliance at random points while clients write and while compaction and
+//! retention run; after every restart every acknowledged row is present exactly once (rows
+//! past retention at most once, and gone in the end) and every Parquet file reads.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -28,6 +29,10 @@ async fn kill_minus_nine_loses_no_acknowledged_row() {
         "250ms",
         "--delete-grace",
         "2s",
+        // One batch in ten is ten days old: retention drops those partitions in every
+        // maintenance pass, so kills land in retention too.
+        "--retention",
+        "events=7d",
     ];
     let mut rng = Rng::new(0x7a11);
     let mut sent: BTreeMap<String, u64> = BTreeMap::new();
@@ -35,11 +40,28 @@ async fn kill_minus_nine_loses_no_acknowledged_row() {
     let mut next_batch = 0u64;
     // Two days ago, so batches spread over many hour partitions.
     let base_ms = (chrono_now_ms() - 2 * 86_400_000) / 3_600_000 * 3_600_000;
+    // Past retention: ten days ago.
+    let old_base_ms = base_ms - 8 * 86_400_000;
 
     for round in 0..=KILLS {
         let server = Server::start(&data, &args).unwrap_or_else(|e| panic!("round {round}: {e}"));
         check(&server.http_url, &sent, &acknowledged, round).await;
         if round == KILLS {
+            // Retention ran through the kills: in the end no row past it is left.
+            let mut waited = 0;
+            loop {
+                let present = rows_per_pod(&server.http_url).await;
+                let old = present.keys().filter(|id| id.starts_with("old-")).count();
+                if old == 0 {
+                    break;
+                }
+                waited += 1;
+                assert!(
+                    waited < 120,
+                    "{old} batches past retention still present after 60 s"
+                );
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
             assert_eq!(server.terminate().code(), Some(0), "clean shutdown");
             break;
         }
@@ -53,6 +75,11 @@ async fn kill_minus_nine_loses_no_acknowledged_row() {
                 .map(|_| {
                     next_batch += 1;
                     let rows = rng.range(1, 400) as usize;
+                    if next_batch.is_multiple_of(10) {
+                        let id = format!("old-r{round:02}-w{writer}-b{next_batch:06}");
+                        let start = old_base_ms + (next_batch as i64 / 10) * 97_000;
+                        return (id, start, rows);
+                    }
                     let id = format!("r{round:02}-w{writer}-b{next_batch:06}");
                     let start = base_ms + (next_batch as i64) * 97_000;
                     (id, start, rows)
@@ -96,6 +123,11 @@ async fn kill_minus_nine_loses_no_acknowledged_row() {
         "only {} batches acknowledged",
         acknowledged.len()
     );
+    let old = acknowledged
+        .keys()
+        .filter(|id| id.starts_with("old-"))
+        .count();
+    assert!(old > 5, "only {old} batches past retention acknowledged");
 
     // Every Parquet file the store left behind reads completely.
     let mut files = 0;
@@ -112,7 +144,7 @@ async fn kill_minus_nine_loses_no_acknowledged_row() {
     }
     assert!(files > 0, "no Parquet file was written");
     eprintln!(
-        "survived {KILLS} kills: {} batches and {} rows acknowledged, all present once; {files} Parquet files read",
+        "survived {KILLS} kills: {} batches and {} rows acknowledged, all present once ({old} past retention, all dropped by it); {files} Parquet files read",
         acknowledged.len(),
         acknowledged.values().sum::<u64>()
     );
@@ -128,6 +160,15 @@ async fn check(
 ) {
     let present = rows_per_pod(http_url).await;
     for (id, rows) in acknowledged {
+        if id.starts_with("old-") {
+            // Past retention: present whole until its partition is dropped, never twice.
+            let found = present.get(id).copied().unwrap_or(0);
+            assert!(
+                found <= *rows,
+                "round {round}: batch {id} past retention present {found} times its {rows} rows"
+            );
+            continue;
+        }
         assert_eq!(
             present.get(id),
             Some(rows),
@@ -135,6 +176,14 @@ async fn check(
         );
     }
     for (id, rows) in &present {
+        if id.starts_with("old-") {
+            assert!(
+                sent.get(id).is_some_and(|sent| rows <= sent),
+                "round {round}: batch {id} present with {rows} rows, sent with {:?}",
+                sent.get(id)
+            );
+            continue;
+        }
         assert_eq!(
             sent.get(id),
             Some(rows),
