@@ -50,6 +50,12 @@ pub enum AnalysisError {
     Store(#[from] StoreError),
     #[error("pricing catalog line {line}: {why}")]
     Catalog { line: usize, why: String },
+    #[error("line {line}, column {column}: {why}")]
+    PriceFile {
+        line: usize,
+        column: String,
+        why: String,
+    },
     #[error("analysis query `{query}` answered an unexpected shape: {why}")]
     Shape { query: &'static str, why: String },
 }
@@ -206,6 +212,75 @@ impl Analyzer {
         let batch = catalog.batch();
         let n = batch.num_rows();
         self.store.write(Table::Prices, batch).await?;
+        Ok(n)
+    }
+
+    /// Writes the user's price overrides (`tally serve --prices FILE`, parsed by
+    /// [`catalog::Catalog::parse_overrides`]) into `prices` with source `user`, in force from
+    /// `at` (the appliance's start). Idempotent across restarts: a row is written only when
+    /// the newest user row for its region, instance type and capacity type (at or before `at`)
+    /// differs from it, so an unchanged file writes nothing and a changed price takes effect
+    /// from the start that brought it (the older rows stay as the price history). Returns the
+    /// rows written.
+    pub async fn load_price_overrides(
+        &self,
+        prices: &[catalog::CatalogPrice],
+        at: DateTime<Utc>,
+    ) -> Result<usize, AnalysisError> {
+        if prices.is_empty() {
+            return Ok(0);
+        }
+        let sql = format!(
+            "SELECT provider, region, instance_type, capacity_type, hourly_usd, cpu_cores, \
+               memory_bytes, gpu_count \
+             FROM (SELECT *, row_number() OVER ( \
+                 PARTITION BY region, instance_type, capacity_type ORDER BY time DESC) AS pick \
+               FROM prices WHERE source = 'user' AND time <= TIMESTAMP '{}') \
+             WHERE pick = 1",
+            at.to_rfc3339()
+        );
+        let (_, batches) =
+            self.engine
+                .collect(&sql)
+                .await
+                .map_err(|source| AnalysisError::Query {
+                    query: "price overrides check",
+                    source,
+                })?;
+        let mut current = Vec::new();
+        for b in &batches {
+            let text = |k: usize| b.column(k).as_string::<i32>().clone();
+            let (provider, region, instance_type, capacity_type) =
+                (text(0), text(1), text(2), text(3));
+            let hourly = b.column(4).as_primitive::<Float64Type>();
+            let cpu = b.column(5).as_primitive::<Float64Type>();
+            let memory = b.column(6).as_primitive::<Int64Type>();
+            let gpus = b.column(7).as_primitive::<Int64Type>();
+            for i in 0..b.num_rows() {
+                current.push(catalog::CatalogPrice {
+                    provider: provider.value(i).to_string(),
+                    region: region.value(i).to_string(),
+                    instance_type: instance_type.value(i).to_string(),
+                    capacity_type: capacity_type.value(i).to_string(),
+                    hourly_usd: hourly.value(i),
+                    cpu_cores: cpu.value(i),
+                    memory_bytes: memory.value(i),
+                    gpu_count: gpus.value(i),
+                });
+            }
+        }
+        let changed: Vec<catalog::CatalogPrice> = prices
+            .iter()
+            .filter(|p| !current.contains(p))
+            .cloned()
+            .collect();
+        if changed.is_empty() {
+            return Ok(0);
+        }
+        let n = changed.len();
+        self.store
+            .write(Table::Prices, catalog::batch_of(&changed, at, "user"))
+            .await?;
         Ok(n)
     }
 

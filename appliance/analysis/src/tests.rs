@@ -588,3 +588,158 @@ async fn the_http_api_answers_allocation_recommendations_and_runs() {
         .unwrap();
     assert_eq!(bad.status(), 400);
 }
+
+/// A fresh store (not in the background, so a test can close and reopen it) and an analyzer
+/// over it with the catalog seeded.
+async fn priced_store(dir: &std::path::Path) -> (Arc<Store>, Arc<Analyzer>) {
+    let mut config = StoreConfig::new(dir);
+    config.background = false;
+    let store = Store::open(config).await.unwrap();
+    let engine = QueryEngine::new(store.clone(), QueryLimits::default());
+    let analyzer = Arc::new(Analyzer::new(
+        store.clone(),
+        engine,
+        AnalysisConfig::default(),
+    ));
+    analyzer.seed_catalog().await.unwrap();
+    (store, analyzer)
+}
+
+/// instance_prices.sql's answer at `at` for one type: (hourly_usd, source).
+async fn instance_price(
+    analyzer: &Analyzer,
+    at: DateTime<Utc>,
+    region: &str,
+    instance_type: &str,
+    capacity_type: &str,
+) -> (f64, String) {
+    let sql = tally_queries::analysis::INSTANCE_PRICES
+        .render(&[("at", tally_queries::Param::Timestamp(at))])
+        .unwrap();
+    let (_, batches) = analyzer.engine().collect(&sql).await.unwrap();
+    let mut found = Vec::new();
+    for b in &batches {
+        let col = |n: &str| b.column_by_name(n).unwrap().as_string::<i32>().clone();
+        let (r, t, c, s) = (
+            col("region"),
+            col("instance_type"),
+            col("capacity_type"),
+            col("source"),
+        );
+        let usd = b
+            .column_by_name("hourly_usd")
+            .unwrap()
+            .as_primitive::<Float64Type>()
+            .clone();
+        for i in 0..b.num_rows() {
+            if r.value(i) == region && t.value(i) == instance_type && c.value(i) == capacity_type {
+                found.push((usd.value(i), s.value(i).to_string()));
+            }
+        }
+    }
+    assert_eq!(
+        found.len(),
+        1,
+        "{region} {instance_type} {capacity_type}: {found:?}"
+    );
+    found.remove(0)
+}
+
+async fn user_price_rows(analyzer: &Analyzer) -> i64 {
+    let (_, batches) = analyzer
+        .engine()
+        .collect("SELECT count(*) FROM prices WHERE source = 'user'")
+        .await
+        .unwrap();
+    batches[0].column(0).as_primitive::<Int64Type>().value(0)
+}
+
+const OVERRIDES: &str = "\
+# Our negotiated prices (EDP discount) and a type the catalog does not know.
+provider,region,instance_type,capacity_type,hourly_usd,cpu_cores,memory_gib,gpu_count
+aws,us-east-1,m5.xlarge,on_demand,0.15,4,16,0
+aws,us-east-1,x9.custom,spot,0.5,12,96,1
+";
+
+#[tokio::test]
+async fn a_price_file_overrides_the_catalog_and_a_restart_does_not_duplicate_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let loaded_at = DateTime::from_timestamp_millis(T0).unwrap();
+    let later = loaded_at + chrono::Duration::hours(1);
+    let overrides = crate::catalog::Catalog::parse_overrides(OVERRIDES).unwrap();
+    {
+        let (store, analyzer) = priced_store(dir.path()).await;
+        assert_eq!(
+            instance_price(&analyzer, later, "us-east-1", "m5.xlarge", "on_demand").await,
+            (0.192, "catalog".to_string()),
+            "the catalog's list price before the file is loaded"
+        );
+        assert_eq!(
+            analyzer
+                .load_price_overrides(&overrides, loaded_at)
+                .await
+                .unwrap(),
+            2
+        );
+        assert_eq!(
+            instance_price(&analyzer, later, "us-east-1", "m5.xlarge", "on_demand").await,
+            (0.15, "user".to_string())
+        );
+        assert_eq!(
+            instance_price(&analyzer, later, "us-east-1", "x9.custom", "spot").await,
+            (0.5, "user".to_string())
+        );
+        // Other types keep the catalog's price; the spot m5.xlarge is not overridden.
+        assert_eq!(
+            instance_price(&analyzer, later, "us-east-1", "m5.xlarge", "spot").await,
+            (0.073, "catalog".to_string())
+        );
+        // Before the start that loaded them, the overrides were not in force.
+        let before = loaded_at - chrono::Duration::hours(1);
+        assert_eq!(
+            instance_price(&analyzer, before, "us-east-1", "m5.xlarge", "on_demand")
+                .await
+                .1,
+            "catalog"
+        );
+        store.flush().await.unwrap();
+        store.close().await.unwrap();
+    }
+    // A restart with the same file (at a later start) writes nothing.
+    {
+        let (store, analyzer) = priced_store(dir.path()).await;
+        assert_eq!(
+            analyzer
+                .load_price_overrides(&overrides, later)
+                .await
+                .unwrap(),
+            0
+        );
+        assert_eq!(user_price_rows(&analyzer).await, 2);
+        // A changed file writes only the changed row, in force from its start.
+        let changed = OVERRIDES.replace("m5.xlarge,on_demand,0.15", "m5.xlarge,on_demand,0.14");
+        let changed = crate::catalog::Catalog::parse_overrides(&changed).unwrap();
+        assert_eq!(
+            analyzer
+                .load_price_overrides(&changed, later)
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(user_price_rows(&analyzer).await, 3);
+        let after = later + chrono::Duration::minutes(1);
+        assert_eq!(
+            instance_price(&analyzer, after, "us-east-1", "m5.xlarge", "on_demand").await,
+            (0.14, "user".to_string())
+        );
+        assert_eq!(
+            analyzer
+                .load_price_overrides(&changed, after)
+                .await
+                .unwrap(),
+            0,
+            "the changed file again: nothing new"
+        );
+        store.close().await.unwrap();
+    }
+}
