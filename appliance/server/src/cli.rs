@@ -149,6 +149,18 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub bootstrap_allow: Vec<String>,
+    /// Price overrides: a CSV file in the columns of the shipped catalog, loaded at every
+    /// start into the prices table with source `user`, which every cost query prefers to the
+    /// catalog. `#` lines are comments; the header is
+    /// `provider,region,instance_type,capacity_type,hourly_usd,cpu_cores,memory_gib,gpu_count`:
+    /// provider (aws, gcp, azure, ...), region and instance type as the nodes' labels say,
+    /// capacity type `on_demand` or `spot`, USD per hour, cores, GiB and a whole number of
+    /// GPUs, all >= 0; each region, type and capacity type once. A bad file stops the start
+    /// with its line and column. A row is written only when it differs from the newest user
+    /// row for its type (restarts with the same file write nothing); a changed price is in
+    /// force from the start that loaded it, earlier windows keep the earlier price.
+    #[arg(long, env = "TALLY_PRICES")]
+    pub prices: Option<PathBuf>,
     /// How long an agent certificate is valid; agents renew at two thirds of it.
     #[arg(long, env = "TALLY_AGENT_CERT_TTL", default_value = "24h", value_parser = parse_duration)]
     pub agent_cert_ttl: Duration,

@@ -41,6 +41,8 @@ pub struct ApplianceOptions {
     /// Run the analyses (rightsizing, replicas, consolidation, instance types) this often;
     /// `None` runs them only on `POST /api/v1/analysis/run`.
     pub analysis_interval: Option<Duration>,
+    /// The user's price overrides (`--prices`), written to `prices` at start.
+    pub price_overrides: Vec<tally_analysis::catalog::CatalogPrice>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +59,8 @@ pub enum ApplianceError {
     },
     #[error("the Flight server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
+    #[error("cannot load the price overrides: {0}")]
+    Prices(#[source] tally_analysis::AnalysisError),
 }
 
 /// A started appliance.
@@ -140,6 +144,17 @@ impl Appliance {
             analysis_engine,
             tally_analysis::AnalysisConfig::default(),
         ));
+        let loaded = analyzer
+            .load_price_overrides(&options.price_overrides, chrono::Utc::now())
+            .await
+            .map_err(ApplianceError::Prices)?;
+        if !options.price_overrides.is_empty() {
+            tracing::info!(
+                rows = options.price_overrides.len(),
+                written = loaded,
+                "price overrides loaded"
+            );
+        }
         let analysis = options
             .analysis_interval
             .map(|every| tally_analysis::spawn_periodic(analyzer.clone(), every));
@@ -213,6 +228,7 @@ pub fn local_options(data_dir: impl Into<PathBuf>) -> ApplianceOptions {
         analysis_memory_bytes: 2 << 30,
         sign_in: tally_ui::SignIn::OneTimeLink,
         analysis_interval: Some(Duration::from_secs(300)),
+        price_overrides: Vec::new(),
     }
 }
 

@@ -72,6 +72,16 @@ pub fn query_limits(args: &StoreArgs) -> QueryLimits {
 }
 
 async fn serve(args: ServeArgs) -> Result<(), String> {
+    // A bad price file stops the start before anything listens.
+    let price_overrides = match &args.prices {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read the price file {}: {e}", path.display()))?;
+            tally_analysis::catalog::Catalog::parse_overrides(&text)
+                .map_err(|e| format!("price file {}: {e}", path.display()))?
+        }
+        None => Vec::new(),
+    };
     let bootstrap = match args.bootstrap_listen {
         Some(listen) => Some(start_bootstrap(&args, listen).await?),
         None => None,
@@ -102,6 +112,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         analysis_memory_bytes: args.store.analysis_memory,
         sign_in: sign_in(&args)?,
         analysis_interval: (!args.analysis_interval.is_zero()).then_some(args.analysis_interval),
+        price_overrides,
     };
     let appliance = Appliance::start(options).await.map_err(|e| e.to_string())?;
     println!("flight {}", appliance.flight_url());
