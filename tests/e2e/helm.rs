@@ -48,10 +48,12 @@ fn chart_py(args: &[&str]) -> Result<String, (i32, String)> {
     }
 }
 
-/// A named set of `--set` expressions.
+/// A named set of `--set` expressions, and values as JSON (`--values-json`) for what
+/// `--set` cannot say (it passes `0.15` as a string).
 struct Variant {
     name: &'static str,
     sets: &'static [&'static str],
+    json: Option<&'static str>,
 }
 
 const MIRROR: &str = "mirror.internal:5000/platform";
@@ -60,6 +62,7 @@ const VARIANTS: &[Variant] = &[
     Variant {
         name: "defaults",
         sets: &[],
+        json: None,
     },
     Variant {
         name: "air-gapped",
@@ -68,14 +71,17 @@ const VARIANTS: &[Variant] = &[
             "global.imagePullSecrets={mirror-pull}",
             "image.digest=sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
         ],
+        json: None,
     },
     Variant {
         name: "netmon-off",
         sets: &["netmon.enabled=false"],
+        json: None,
     },
     Variant {
         name: "operator-off",
         sets: &["operator.enabled=false"],
+        json: None,
     },
     Variant {
         name: "ingress-on",
@@ -85,6 +91,7 @@ const VARIANTS: &[Variant] = &[
             "ingress.tlsSecretName=tally-tls",
             "ingress.className=nginx",
         ],
+        json: None,
     },
     Variant {
         name: "everything-else",
@@ -100,14 +107,32 @@ const VARIANTS: &[Variant] = &[
             "collector.dcgmEndpoints={http://dcgm.gpu:9400/metrics}",
             "operator.namespaces={shop,search}",
         ],
+        json: None,
+    },
+    Variant {
+        name: "price-overrides",
+        sets: &[],
+        json: Some(PRICE_OVERRIDES),
     },
 ];
+
+/// Two price overrides: a negotiated on-demand price and a spot GPU type (gpuCount given).
+const PRICE_OVERRIDES: &str = r#"{"pricing": {"overrides": [
+  {"provider": "aws", "region": "us-east-1", "instanceType": "m5.xlarge",
+   "capacityType": "on_demand", "hourlyUsd": 0.15, "cpuCores": 4, "memoryGib": 16},
+  {"provider": "gcp", "region": "europe-west1", "instanceType": "a2-highgpu-1g",
+   "capacityType": "spot", "hourlyUsd": 1.1, "cpuCores": 12, "memoryGib": 85, "gpuCount": 1}
+]}}"#;
 
 fn set_args<'a>(variant: &'a Variant, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args: Vec<&str> = extra.to_vec();
     for set in variant.sets {
         args.push("--set");
         args.push(set);
+    }
+    if let Some(json) = variant.json {
+        args.push("--values-json");
+        args.push(json);
     }
     args
 }
@@ -513,6 +538,98 @@ fn every_variant_renders_what_its_values_say() {
 }
 
 #[test]
+fn price_overrides_render_a_configmap_mounted_and_passed_with_prices() {
+    let variant = VARIANTS
+        .iter()
+        .find(|v| v.name == "price-overrides")
+        .expect("variant");
+    let objects = objects(variant);
+    let config_map = get(&objects, "ConfigMap", "tally-appliance-prices");
+    let csv = config_map["data"]["prices.csv"]
+        .as_str()
+        .expect("prices.csv");
+    let rows: Vec<&str> = csv.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(
+        rows,
+        [
+            "provider,region,instance_type,capacity_type,hourly_usd,cpu_cores,memory_gib,gpu_count",
+            "aws,us-east-1,m5.xlarge,on_demand,0.15,4,16,0",
+            "gcp,europe-west1,a2-highgpu-1g,spot,1.1,12,85,1",
+        ],
+        "{csv}"
+    );
+    let appliance = get(&objects, "StatefulSet", "tally-appliance");
+    let pod = &appliance["spec"]["template"]["spec"];
+    assert!(
+        args_of(pod).contains(&"--prices=/etc/tally/prices/prices.csv".to_string()),
+        "{:?}",
+        args_of(pod)
+    );
+    let mounts = pod["containers"][0]["volumeMounts"]
+        .as_array()
+        .expect("mounts");
+    assert!(
+        mounts.contains(&serde_json::json!(
+            {"name": "prices", "mountPath": "/etc/tally/prices", "readOnly": true}
+        )),
+        "{mounts:?}"
+    );
+    let volumes = pod["volumes"].as_array().expect("volumes");
+    assert!(
+        volumes.contains(&serde_json::json!(
+            {"name": "prices", "configMap": {"name": "tally-appliance-prices"}}
+        )),
+        "{volumes:?}"
+    );
+    // A changed list changes the pod template, so the appliance restarts and loads it.
+    let checksum = appliance["spec"]["template"]["metadata"]["annotations"]["checksum/prices"]
+        .as_str()
+        .expect("checksum/prices")
+        .to_string();
+    let cheaper = PRICE_OVERRIDES.replace("0.15", "0.14");
+    let changed = chart_py(&["render", "--json", "--values-json", &cheaper]).expect("render");
+    let changed: Value = serde_json::from_str(&changed).expect("JSON");
+    let changed_sts = changed["objects"]
+        .as_array()
+        .expect("objects")
+        .iter()
+        .find(|o| o["object"]["kind"] == "StatefulSet")
+        .expect("StatefulSet");
+    assert_ne!(
+        changed_sts["object"]["spec"]["template"]["metadata"]["annotations"]["checksum/prices"]
+            .as_str(),
+        Some(checksum.as_str())
+    );
+
+    // Nothing is rendered by default: no ConfigMap, no flag, no volume, no annotation.
+    let defaults = self::objects(&VARIANTS[0]);
+    assert!(find(&defaults, "ConfigMap", "tally-appliance-prices").is_none());
+    let appliance = get(&defaults, "StatefulSet", "tally-appliance");
+    let pod = &appliance["spec"]["template"]["spec"];
+    assert!(!args_of(pod).iter().any(|a| a.starts_with("--prices")));
+    assert!(!pod["volumes"].to_string().contains("prices"));
+    assert!(appliance["spec"]["template"]["metadata"]["annotations"].is_null());
+
+    // The same region, type and capacity type twice is refused by the chart, naming both.
+    let twice = PRICE_OVERRIDES
+        .replace("europe-west1", "us-east-1")
+        .replace(
+            "\"a2-highgpu-1g\",\n   \"capacityType\": \"spot\"",
+            "\"m5.xlarge\",\n   \"capacityType\": \"on_demand\"",
+        );
+    assert_ne!(twice, PRICE_OVERRIDES);
+    let (_, message) = chart_py(&["render", "--values-json", &twice])
+        .map(|out| panic!("a duplicate rendered:\n{out}"))
+        .unwrap_err();
+    assert!(
+        message.contains(
+            "pricing.overrides[1]: us-east-1 m5.xlarge on_demand is already priced by pricing.overrides[0]"
+        ),
+        "{message}"
+    );
+}
+
+#[test]
 fn wrong_values_fail_the_schema_with_a_message_naming_them() {
     let cases: &[(&str, &[&str])] = &[
         ("netmon.mode=xdp", &["/netmon/mode", "conntrack", "ebpf"]),
@@ -527,6 +644,27 @@ fn wrong_values_fail_the_schema_with_a_message_naming_them() {
             &["/appliance/queryTimeout", "soon"],
         ),
         ("image.pullPolicy=Sometimes", &["/image/pullPolicy"]),
+        // Price overrides: a negative price, an unknown capacity type, a missing key.
+        (
+            "pricing.overrides[0].provider=aws,pricing.overrides[0].region=us-east-1,\
+             pricing.overrides[0].instanceType=m5.xlarge,pricing.overrides[0].capacityType=on_demand,\
+             pricing.overrides[0].hourlyUsd=-1,pricing.overrides[0].cpuCores=4,\
+             pricing.overrides[0].memoryGib=16",
+            &["/pricing/overrides/0/hourlyUsd", "minimum"],
+        ),
+        (
+            "pricing.overrides[0].provider=aws,pricing.overrides[0].region=us-east-1,\
+             pricing.overrides[0].instanceType=m5.xlarge,pricing.overrides[0].capacityType=reserved,\
+             pricing.overrides[0].hourlyUsd=1,pricing.overrides[0].cpuCores=4,\
+             pricing.overrides[0].memoryGib=16",
+            &["/pricing/overrides/0/capacityType", "on_demand", "spot"],
+        ),
+        (
+            "pricing.overrides[0].provider=aws,pricing.overrides[0].region=us-east-1,\
+             pricing.overrides[0].capacityType=spot,pricing.overrides[0].hourlyUsd=1,\
+             pricing.overrides[0].cpuCores=4,pricing.overrides[0].memoryGib=16",
+            &["/pricing/overrides/0", "instanceType"],
+        ),
     ];
     for (set, needles) in cases {
         let (code, message) = chart_py(&["render", "--set", set])
