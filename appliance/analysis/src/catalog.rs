@@ -1,7 +1,9 @@
 //! The pricing catalog shipped in the binary (`prices.csv`): on-demand list prices and
 //! indicative spot prices of common AWS, GCP and Azure types in a few regions, with the date
 //! they were taken. It is seeded into the `prices` table (source `catalog`) so SQL can join it;
-//! the user's rows (source `user`) override it in every query.
+//! the user's rows (source `user`) override it in every query. A price file in the same columns
+//! (`tally serve --prices FILE`, the chart's `pricing.overrides`) is parsed by
+//! [`Catalog::parse_overrides`] and loaded by `Analyzer::load_price_overrides`.
 
 use std::sync::Arc;
 
