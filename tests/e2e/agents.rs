@@ -93,45 +93,17 @@ async fn netmon_bootstraps_its_certificate_with_its_service_account_token_and_re
     let cluster = cluster();
     let mut ns = TestNamespace::create(&cluster, "agents");
     let n = ns.name.clone();
-    ns.owns_cluster_object("clusterrolebinding", &format!("{n}-appliance"));
-    cluster.apply(&format!(
-        r#"apiVersion: v1
-kind: ServiceAccount
-metadata: {{name: netmon, namespace: {n}}}
----
-apiVersion: v1
-kind: ServiceAccount
-metadata: {{name: stranger, namespace: {n}}}
----
-apiVersion: v1
-kind: ServiceAccount
-metadata: {{name: appliance, namespace: {n}}}
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata: {{name: {n}-appliance}}
-roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: system:auth-delegator}}
-subjects: [{{kind: ServiceAccount, name: appliance, namespace: {n}}}]
-"#
-    ));
+    ns.service_accounts(&["netmon", "stranger"]);
+    ns.appliance_account();
     let dir = tempfile::tempdir().unwrap();
     let file = |name: &str, content: &[u8]| {
         let path = dir.path().join(name);
         std::fs::write(&path, content).unwrap();
         path
     };
-    let netmon_token = file(
-        "netmon.token",
-        cluster.service_account_token(&n, "netmon").as_bytes(),
-    );
-    let stranger_token = file(
-        "stranger.token",
-        cluster.service_account_token(&n, "stranger").as_bytes(),
-    );
-    let appliance_token = file(
-        "appliance.token",
-        cluster.service_account_token(&n, "appliance").as_bytes(),
-    );
+    let netmon_token = ns.token_file(dir.path(), "netmon");
+    let stranger_token = ns.token_file(dir.path(), "stranger");
+    let appliance_token = ns.token_file(dir.path(), "appliance");
     let api_ca = file("api-ca.crt", &cluster.ca_pem);
 
     // The appliance: mutual TLS only (no --insecure), certificates for netmon's account only,

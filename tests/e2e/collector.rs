@@ -30,64 +30,18 @@ struct Rig {
 fn rig(prefix: &str) -> Rig {
     let cluster = cluster();
     let mut ns = TestNamespace::create(&cluster, prefix);
-    let n = ns.name.clone();
     // The collector's ClusterRole exactly as the repository keeps it, under a name of this test.
-    let role = format!("{n}-collector");
-    let rbac = include_str!("../../agents/collector/rbac.yaml")
-        .replace("name: tally-collector", &format!("name: {role}"));
-    assert!(
-        rbac.contains(&role),
-        "rbac.yaml names its ClusterRole tally-collector"
+    ns.agent_account(
+        include_str!("../../agents/collector/rbac.yaml"),
+        "tally-collector",
+        "collector",
     );
-    ns.owns_cluster_object("clusterrole", &role);
-    ns.owns_cluster_object("clusterrolebinding", &format!("{n}-collector"));
-    ns.owns_cluster_object("clusterrolebinding", &format!("{n}-appliance"));
-    cluster.apply(&rbac);
-    cluster.apply(&format!(
-        r#"apiVersion: v1
-kind: ServiceAccount
-metadata: {{name: collector, namespace: {n}}}
----
-apiVersion: v1
-kind: ServiceAccount
-metadata: {{name: appliance, namespace: {n}}}
----
-apiVersion: v1
-kind: ServiceAccount
-metadata: {{name: stranger, namespace: {n}}}
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata: {{name: {n}-collector}}
-roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {role}}}
-subjects: [{{kind: ServiceAccount, name: collector, namespace: {n}}}]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata: {{name: {n}-appliance}}
-roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: system:auth-delegator}}
-subjects: [{{kind: ServiceAccount, name: appliance, namespace: {n}}}]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: Role
-metadata: {{name: appliance-ca, namespace: {n}}}
-rules:
-- {{apiGroups: [""], resources: [secrets, configmaps], verbs: [get, create, update]}}
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: RoleBinding
-metadata: {{name: appliance-ca, namespace: {n}}}
-roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: appliance-ca}}
-subjects: [{{kind: ServiceAccount, name: appliance, namespace: {n}}}]
-"#
-    ));
+    ns.appliance_account();
+    ns.service_accounts(&["stranger"]);
     let dir = tempfile::tempdir().unwrap();
-    let collector_token = cluster.service_account_token(&n, "collector");
-    let appliance_token = cluster.service_account_token(&n, "appliance");
-    let collector_token_file = dir.path().join("collector.token");
-    std::fs::write(&collector_token_file, &collector_token).unwrap();
-    let appliance_token_file = dir.path().join("appliance.token");
-    std::fs::write(&appliance_token_file, &appliance_token).unwrap();
+    let collector_token_file = ns.token_file(dir.path(), "collector");
+    let appliance_token_file = ns.token_file(dir.path(), "appliance");
+    let collector_token = std::fs::read_to_string(&collector_token_file).unwrap();
     let api_ca_file = dir.path().join("api-ca.crt");
     std::fs::write(&api_ca_file, &cluster.ca_pem).unwrap();
     let collector_kubeconfig =

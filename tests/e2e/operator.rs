@@ -138,58 +138,16 @@ async fn rig(prefix: &str) -> Rig {
     let mut ns = TestNamespace::create(&cluster, prefix);
     let n = ns.name.clone();
     // The operator's ClusterRole exactly as the repository keeps it, under a name of this test.
-    let role = format!("{n}-operator");
-    let rbac = include_str!("../../agents/operator/rbac.yaml")
-        .replace("name: tally-operator", &format!("name: {role}"));
-    assert!(
-        rbac.contains(&role),
-        "rbac.yaml names its ClusterRole tally-operator"
+    ns.agent_account(
+        include_str!("../../agents/operator/rbac.yaml"),
+        "tally-operator",
+        "operator",
     );
-    ns.owns_cluster_object("clusterrole", &role);
-    ns.owns_cluster_object("clusterrolebinding", &format!("{n}-operator"));
-    ns.owns_cluster_object("clusterrolebinding", &format!("{n}-appliance"));
-    cluster.apply(&rbac);
-    cluster.apply(&format!(
-        r#"apiVersion: v1
-kind: ServiceAccount
-metadata: {{name: operator, namespace: {n}}}
----
-apiVersion: v1
-kind: ServiceAccount
-metadata: {{name: appliance, namespace: {n}}}
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata: {{name: {n}-operator}}
-roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {role}}}
-subjects: [{{kind: ServiceAccount, name: operator, namespace: {n}}}]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata: {{name: {n}-appliance}}
-roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: system:auth-delegator}}
-subjects: [{{kind: ServiceAccount, name: appliance, namespace: {n}}}]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: Role
-metadata: {{name: appliance-ca, namespace: {n}}}
-rules:
-- {{apiGroups: [""], resources: [secrets, configmaps], verbs: [get, create, update]}}
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: RoleBinding
-metadata: {{name: appliance-ca, namespace: {n}}}
-roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: appliance-ca}}
-subjects: [{{kind: ServiceAccount, name: appliance, namespace: {n}}}]
-"#
-    ));
+    ns.appliance_account();
     let dir = tempfile::tempdir().unwrap();
-    let operator_token = cluster.service_account_token(&n, "operator");
-    let appliance_token = cluster.service_account_token(&n, "appliance");
-    let operator_token_file = dir.path().join("operator.token");
-    std::fs::write(&operator_token_file, &operator_token).unwrap();
-    let appliance_token_file = dir.path().join("appliance.token");
-    std::fs::write(&appliance_token_file, &appliance_token).unwrap();
+    let operator_token_file = ns.token_file(dir.path(), "operator");
+    let appliance_token_file = ns.token_file(dir.path(), "appliance");
+    let operator_token = std::fs::read_to_string(&operator_token_file).unwrap();
     let api_ca_file = dir.path().join("api-ca.crt");
     std::fs::write(&api_ca_file, &cluster.ca_pem).unwrap();
     let operator_kubeconfig = cluster.kubeconfig_for_token(dir.path(), "operator", &operator_token);

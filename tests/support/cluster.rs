@@ -290,6 +290,95 @@ impl TestNamespace {
         self.cluster_objects
             .push((kind.to_string(), name.to_string()));
     }
+
+    /// Creates these ServiceAccounts in the namespace.
+    pub fn service_accounts(&self, names: &[&str]) {
+        let yaml: Vec<String> = names
+            .iter()
+            .map(|account| {
+                format!(
+                    "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: {account}, namespace: {}}}\n",
+                    self.name
+                )
+            })
+            .collect();
+        self.cluster.apply(&yaml.join("---\n"));
+    }
+
+    /// Binds the ServiceAccount `account` of this namespace to the ClusterRole `role`, under
+    /// the binding `<namespace>-<account>` (deleted with the namespace).
+    pub fn bind_cluster_role(&mut self, account: &str, role: &str) {
+        let binding = format!("{}-{account}", self.name);
+        self.owns_cluster_object("clusterrolebinding", &binding);
+        self.cluster.apply(&format!(
+            r#"apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {{name: {binding}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {role}}}
+subjects: [{{kind: ServiceAccount, name: {account}, namespace: {ns}}}]
+"#,
+            ns = self.name
+        ));
+    }
+
+    /// An agent's ClusterRole exactly as the repository keeps it (`rbac_yaml`, whose role is
+    /// named `repository_name`), renamed for this test and bound to a new ServiceAccount
+    /// `account`: the agent runs with exactly those rights. Answers the role's name.
+    pub fn agent_account(
+        &mut self,
+        rbac_yaml: &str,
+        repository_name: &str,
+        account: &str,
+    ) -> String {
+        let role = format!("{}-{account}", self.name);
+        let rbac = rbac_yaml.replace(
+            &format!("name: {repository_name}"),
+            &format!("name: {role}"),
+        );
+        assert!(
+            rbac.contains(&role),
+            "the RBAC file names its ClusterRole {repository_name}"
+        );
+        self.owns_cluster_object("clusterrole", &role);
+        self.cluster.apply(&rbac);
+        self.service_accounts(&[account]);
+        self.bind_cluster_role(account, &role);
+        role
+    }
+
+    /// The appliance's ServiceAccount `appliance`: it may review tokens
+    /// (system:auth-delegator), as the certificate bootstrap does, and keep its CA in a Secret
+    /// and a ConfigMap of this namespace.
+    pub fn appliance_account(&mut self) {
+        self.service_accounts(&["appliance"]);
+        self.bind_cluster_role("appliance", "system:auth-delegator");
+        self.cluster.apply(&format!(
+            r#"apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: appliance-ca, namespace: {ns}}}
+rules:
+- {{apiGroups: [""], resources: [secrets, configmaps], verbs: [get, create, update]}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: appliance-ca, namespace: {ns}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: appliance-ca}}
+subjects: [{{kind: ServiceAccount, name: appliance, namespace: {ns}}}]
+"#,
+            ns = self.name
+        ));
+    }
+
+    /// Writes the token of the ServiceAccount `account` to `<dir>/<account>.token`.
+    pub fn token_file(&self, dir: &Path, account: &str) -> PathBuf {
+        let path = dir.join(format!("{account}.token"));
+        std::fs::write(
+            &path,
+            self.cluster.service_account_token(&self.name, account),
+        )
+        .expect("write the token file");
+        path
+    }
 }
 
 fn rand_suffix() -> u64 {
