@@ -1,5 +1,6 @@
 //! Policies: what each covers, and a form to create or edit one with the errors shown next
-//! to their fields. Stored by the appliance until the operator's Policy resource exists.
+//! to their fields. Kept by the appliance (a file in its data directory); the operator enforces
+//! the cluster's Policy resources instead, which this page does not write yet.
 
 use std::collections::HashMap;
 
@@ -14,7 +15,7 @@ use crate::layout::{self, card};
 use crate::policy::{self, FieldErrors};
 use crate::{UiState, Viewer};
 
-const STORED_HERE: &str = "Policies are kept by the appliance for now (a file in its data directory): the operator's Policy resource, which the operator checks again before it changes anything, does not exist yet. Nothing is applied automatically until it does.";
+const STORED_HERE: &str = "Policies on this page are kept by the appliance (a file in its data directory), for review and for the demo. The operator does not read them: it enforces the cluster's Policy resources (policies.tally.dev, examples in the chart's helm/examples), which you create with kubectl; this page does not write those yet.";
 
 fn field(
     form: &policy::Form,
@@ -101,7 +102,7 @@ pub fn form(viewer: &Viewer, values: &policy::Form, errors: &FieldErrors, editin
             p.hint { (STORED_HERE) }
             button type="submit" { @if editing { "Save changes" } @else { "Create policy" } }
             " " a href="/policies" { "Cancel" }
-            @if mode == "auto" { p.hint { "auto mode takes effect only once the operator runs in the cluster." } }
+            @if mode == "auto" { p.hint { "auto mode takes effect only through a Policy resource in the cluster, which the operator enforces." } }
         }
     }
 }
