@@ -494,7 +494,7 @@ async fn policies_decide_what_the_operator_changes() {
         "main",
         "{requests: {cpu: '1', memory: 256Mi}, limits: {memory: 512Mi}}",
     );
-    for name in ["audited", "auto", "uncovered", "later", "guarded"] {
+    for name in ["audited", "auto", "uncovered", "later", "guarded", "paired"] {
         rig.deployment(name, "", &standard);
     }
 
@@ -532,6 +532,21 @@ async fn policies_decide_what_the_operator_changes() {
             hour_from_now(3)
         ),
     );
+    // Two auto-apply policies cover `paired`: both must hold at once.
+    let pair_a = rig.policy(
+        "pair-a",
+        &format!(
+            "  mode: auto-apply\n  namespaces: [{n}]\n  workloads: {{names: [paired]}}\n  \
+             minCpu: 100m\n  maxStepPercent: 80\n"
+        ),
+    );
+    let pair_b = rig.policy(
+        "pair-b",
+        &format!(
+            "  mode: auto-apply\n  namespaces: [{n}]\n  workloads: {{names: [paired]}}\n  \
+             minMemory: 240Mi\n  maxStepPercent: 20\n"
+        ),
+    );
     // Valid for the schema, invalid for the operator: it covers nothing.
     let invalid = rig.policy(
         "invalid",
@@ -559,9 +574,20 @@ async fn policies_decide_what_the_operator_changes() {
             rec("uncovered"),
             rec("later"),
             rec("guarded"),
+            rec("paired"),
         ],
     )
     .await;
+
+    // Both policies hold: pair-b's smaller step (20 %: 1 core falls to 800m, not to 100m) and
+    // its memory floor (240Mi, above the recommended 200Mi), with pair-a's CPU floor.
+    let paired = rig.wait_phase("paired", "Applied");
+    let by = paired["status"]["policy"].as_str().unwrap_or_default();
+    assert!(by.contains(&pair_a) && by.contains(&pair_b), "{paired}");
+    assert_eq!(
+        rig.resources("paired", "main"),
+        serde_json::json!({"requests": {"cpu": "800m", "memory": "240Mi"}, "limits": {"memory": "512Mi"}})
+    );
 
     // Auto-apply: the requests change, held by the maximum step (1 core may fall by 50 % to
     // 500m, not to the recommended 100m) and by the bounds (200Mi is below minMemory 224Mi).

@@ -202,6 +202,53 @@ impl Bounds {
     }
 }
 
+impl Bounds {
+    /// The bounds under which every one of `specs` holds: the highest minimum, the lowest
+    /// maximum and the smallest step of them all.
+    pub fn all<'a>(specs: impl IntoIterator<Item = &'a PolicySpec>) -> Bounds {
+        let pick = |a: Option<f64>, b: Option<f64>, f: fn(f64, f64) -> f64| match (a, b) {
+            (Some(a), Some(b)) => Some(f(a, b)),
+            (a, b) => a.or(b),
+        };
+        specs.into_iter().map(Bounds::of).fold(
+            Bounds {
+                min_cpu: None,
+                max_cpu: None,
+                min_memory: None,
+                max_memory: None,
+                max_step_percent: None,
+            },
+            |acc, b| Bounds {
+                min_cpu: pick(acc.min_cpu, b.min_cpu, f64::max),
+                max_cpu: pick(acc.max_cpu, b.max_cpu, f64::min),
+                min_memory: pick(acc.min_memory, b.min_memory, f64::max),
+                max_memory: pick(acc.max_memory, b.max_memory, f64::min),
+                max_step_percent: match (acc.max_step_percent, b.max_step_percent) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                },
+            },
+        )
+    }
+
+    /// Why no value can satisfy these bounds (a minimum above a maximum), if none can.
+    pub fn conflict(&self) -> Option<String> {
+        if let (Some(min), Some(max)) = (self.min_cpu, self.max_cpu)
+            && min > max
+        {
+            return Some(format!("minimum CPU {min} above maximum CPU {max}"));
+        }
+        if let (Some(min), Some(max)) = (self.min_memory, self.max_memory)
+            && min > max
+        {
+            return Some(format!(
+                "minimum memory {min} bytes above maximum memory {max} bytes"
+            ));
+        }
+        None
+    }
+}
+
 /// One value's next setting: the recommendation moved at most the maximum step away from
 /// the value set now, then held inside the bounds. The bounds win over the step: nothing
 /// outside a policy's bounds is ever set.
@@ -279,6 +326,44 @@ pub fn plan(current: &Resources, recommended: &Resources, bounds: &Bounds) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn several_policies_hold_at_once_and_conflicting_ones_are_found() {
+        let a = PolicySpec {
+            min_cpu: Some("100m".into()),
+            max_cpu: Some("2".into()),
+            max_memory: Some("1Gi".into()),
+            max_step_percent: Some(50),
+            ..spec()
+        };
+        let b = PolicySpec {
+            min_cpu: Some("250m".into()),
+            max_cpu: Some("4".into()),
+            min_memory: Some("64Mi".into()),
+            max_step_percent: Some(20),
+            ..spec()
+        };
+        let both = Bounds::all([&a, &b]);
+        assert_eq!(both.min_cpu, Some(0.25));
+        assert_eq!(both.max_cpu, Some(2.0));
+        assert_eq!(both.min_memory, Some(64.0 * 1024.0 * 1024.0));
+        assert_eq!(both.max_memory, Some(1024.0 * 1024.0 * 1024.0));
+        assert_eq!(both.max_step_percent, Some(20));
+        assert_eq!(both.conflict(), None);
+        // One policy alone: its own bounds.
+        let alone = Bounds::all([&a]);
+        assert_eq!(
+            (alone.min_cpu, alone.max_step_percent),
+            (Some(0.1), Some(50))
+        );
+        // A floor above the other's ceiling: nothing can hold both.
+        let c = PolicySpec {
+            min_cpu: Some("3".into()),
+            ..spec()
+        };
+        let conflict = Bounds::all([&a, &c]).conflict().expect("a conflict");
+        assert!(conflict.contains("minimum CPU 3"), "{conflict}");
+    }
     use crate::crd::{LabelSelector, Mode, WorkloadSelector};
     use chrono::TimeZone;
 

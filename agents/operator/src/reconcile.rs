@@ -573,7 +573,7 @@ impl Reconciler {
             .collect();
         let target = format!("{} {}", kind.as_str(), wr.spec.target.name);
 
-        let Some(first) = covering.first() else {
+        if covering.is_empty() {
             if old.phase == Phase::Applied {
                 let message =
                     "applied earlier; no Policy covers the workload now, so it is left as it is"
@@ -596,7 +596,7 @@ impl Reconciler {
                 status: keep(Phase::Pending, message, None),
                 action: Some((format!("{run}:uncovered"), action)),
             });
-        };
+        }
         // Audit-only wins: when any covering policy only audits, nothing is written.
         if let Some(audit) = covering
             .iter()
@@ -624,9 +624,16 @@ impl Reconciler {
                 action: Some((format!("{run}:audit:{}", audit.name), action)),
             });
         }
-        let chosen = first;
-        let spec = &chosen.policy.spec;
-        let actor = format!("policy/{} (auto-apply)", chosen.name);
+        // Several auto-apply policies may cover one workload: all of them hold at once. The
+        // bounds are their intersection (the highest minimum, the lowest maximum, the smallest
+        // step), every one's time window must be open, and any that applies through the
+        // webhook defers the change. Policies whose bounds cannot all hold change nothing.
+        let names = covering
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect::<Vec<_>>()
+            .join("+");
+        let actor = format!("policy/{names} (auto-apply)");
 
         if old.phase == Phase::Applied && old.applied_run_id.as_deref() == Some(run.as_str()) {
             return Ok(Outcome {
@@ -634,31 +641,42 @@ impl Reconciler {
                 action: None,
             });
         }
-        if spec.apply_method == crate::crd::ApplyMethod::Webhook {
+        if covering
+            .iter()
+            .any(|p| p.policy.spec.apply_method == crate::crd::ApplyMethod::Webhook)
+        {
             let message = format!(
-                "policy {} applies at pod creation through the admission webhook, which this operator does not run yet: nothing is changed",
-                chosen.name
+                "policy {names} applies at pod creation through the admission webhook, which this operator does not run yet: nothing is changed"
             );
-            let action = Self::action(wr, "defer", actor, Some(&chosen.name), "skipped", &message);
+            let action = Self::action(wr, "defer", actor, Some(&names), "skipped", &message);
             return Ok(Outcome {
-                status: keep(Phase::Approved, message, Some(chosen.name.clone())),
-                action: Some((format!("{run}:webhook:{}", chosen.name), action)),
+                status: keep(Phase::Approved, message, Some(names.clone())),
+                action: Some((format!("{run}:webhook:{names}"), action)),
             });
         }
-        if !policy::in_window(&spec.windows, now) {
-            let message = format!(
-                "approved by policy {}; waiting for its time window",
-                chosen.name
-            );
-            let action = Self::action(wr, "defer", actor, Some(&chosen.name), "deferred", &message);
+        if !covering
+            .iter()
+            .all(|p| policy::in_window(&p.policy.spec.windows, now))
+        {
+            let message = format!("approved by policy {names}; waiting for its time window");
+            let action = Self::action(wr, "defer", actor, Some(&names), "deferred", &message);
             return Ok(Outcome {
-                status: keep(Phase::Approved, message, Some(chosen.name.clone())),
-                action: Some((format!("{run}:window:{}", chosen.name), action)),
+                status: keep(Phase::Approved, message, Some(names.clone())),
+                action: Some((format!("{run}:window:{names}"), action)),
+            });
+        }
+        let bounds = Bounds::all(covering.iter().map(|p| &p.policy.spec));
+        if let Some(conflict) = bounds.conflict() {
+            let message =
+                format!("policies {names} cannot all hold ({conflict}): nothing is changed");
+            let action = Self::action(wr, "skip", actor, Some(&names), "skipped", &message);
+            return Ok(Outcome {
+                status: keep(Phase::Pending, message, Some(names.clone())),
+                action: Some((format!("{run}:conflict:{names}"), action)),
             });
         }
 
         // Inside the window: plan every container the recommendation names.
-        let bounds = Bounds::of(spec);
         let containers = template_containers(&workload);
         let mut changes = Vec::new();
         let mut applied = BTreeMap::new();
@@ -679,20 +697,20 @@ impl Reconciler {
             }
         }
         let mut status = old.clone();
-        status.policy = Some(chosen.name.clone());
+        status.policy = Some(names.clone());
         if changes.is_empty() {
             status.phase = Phase::Applied;
             status.applied_run_id = Some(run.clone());
             status.applied = applied;
             status.message = Some(format!(
                 "{target} already has the values policy {} allows",
-                chosen.name
+                names
             ));
             let action = Self::action(
                 wr,
                 "apply",
                 actor,
-                Some(&chosen.name),
+                Some(&names),
                 "unchanged",
                 status.message.as_deref().unwrap_or_default(),
             );
@@ -716,7 +734,7 @@ impl Reconciler {
             self.write_status(&api, wr, &status).await?;
         }
         let patch = resources_patch(&changes)?;
-        let mut action = Self::action(wr, "apply", actor, Some(&chosen.name), "applied", "");
+        let mut action = Self::action(wr, "apply", actor, Some(&names), "applied", "");
         action.before = Some(Value::Object(before).to_string());
         action.after = Some(Value::Object(after).to_string());
         match workloads
@@ -734,7 +752,7 @@ impl Reconciler {
                 status.applied = applied;
                 status.message = Some(format!(
                     "applied to {target} by policy {} (a rolling update of its pods)",
-                    chosen.name
+                    names
                 ));
                 action.message = status.message.clone();
                 Ok(Outcome {
