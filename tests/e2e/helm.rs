@@ -1,8 +1,8 @@
 //! The Helm chart (helm/tally) rendered and linted by real Helm 4 (`helm-python-sdk` embeds
 //! it; helm/chart.py drives it), checked against values.schema.json, and applied to the real
 //! test cluster's API server with server-side dry runs: every object of every variant must be
-//! accepted as the API server would store it. The collector's rendered ClusterRole must be
-//! exactly the one its own tests run under (agents/collector/rbac.yaml).
+//! accepted as the API server would store it. Every agent's rendered ClusterRole must be
+//! exactly the one its own tests run under (agents/<agent>/rbac.yaml).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -686,47 +686,31 @@ fn wrong_values_fail_the_schema_with_a_message_naming_them() {
     assert!(message.contains("/collector/enabled"), "{message}");
 }
 
+/// Every agent's ClusterRole in the chart is exactly its agents/<agent>/rbac.yaml, the file its
+/// end-to-end tests run it under (the chart reads a copy in files/rbac/).
 #[test]
-fn the_collector_clusterrole_is_exactly_the_one_its_tests_run_under() {
-    let agent_file = repo().join("agents/collector/rbac.yaml");
-    let chart_copy = repo().join("helm/tally/files/rbac/collector.yaml");
-    assert_eq!(
-        std::fs::read_to_string(&chart_copy).expect("chart copy"),
-        std::fs::read_to_string(&agent_file).expect("agent rbac.yaml"),
-        "helm/tally/files/rbac/collector.yaml drifted from agents/collector/rbac.yaml: copy it again"
-    );
-    let agent: Value = serde_json::from_str(
-        &chart_py(&["yaml2json", agent_file.to_str().expect("path")]).expect("yaml2json"),
-    )
-    .expect("JSON");
-    let agent_rules = &agent[0]["rules"];
-    assert!(agent_rules.as_array().is_some_and(|r| !r.is_empty()));
+fn every_agent_clusterrole_is_exactly_the_one_its_tests_run_under() {
     let rendered = objects(&VARIANTS[0]);
-    assert_eq!(
-        &get(&rendered, "ClusterRole", "tally-collector")["rules"],
-        agent_rules
-    );
-}
-
-#[test]
-fn the_operator_clusterrole_is_exactly_the_one_its_tests_run_under() {
-    let agent_file = repo().join("agents/operator/rbac.yaml");
-    let chart_copy = repo().join("helm/tally/files/rbac/operator.yaml");
-    assert_eq!(
-        std::fs::read_to_string(&chart_copy).expect("chart copy"),
-        std::fs::read_to_string(&agent_file).expect("agents/operator/rbac.yaml"),
-        "helm/tally/files/rbac/operator.yaml drifted from agents/operator/rbac.yaml: copy it again"
-    );
-    let agent: Value = serde_json::from_str(
-        &chart_py(&["yaml2json", agent_file.to_str().expect("path")]).expect("yaml2json"),
-    )
-    .expect("JSON");
-    assert!(agent[0]["rules"].as_array().is_some_and(|r| !r.is_empty()));
-    let rendered = objects(&VARIANTS[0]);
-    assert_eq!(
-        &get(&rendered, "ClusterRole", "tally-operator")["rules"],
-        &agent[0]["rules"]
-    );
+    for agent in ["collector", "operator", "netmon"] {
+        let agent_file = repo().join(format!("agents/{agent}/rbac.yaml"));
+        let chart_copy = repo().join(format!("helm/tally/files/rbac/{agent}.yaml"));
+        assert_eq!(
+            std::fs::read_to_string(&chart_copy).expect("chart copy"),
+            std::fs::read_to_string(&agent_file).expect("agent rbac.yaml"),
+            "helm/tally/files/rbac/{agent}.yaml drifted from agents/{agent}/rbac.yaml: copy it again"
+        );
+        let parsed: Value = serde_json::from_str(
+            &chart_py(&["yaml2json", agent_file.to_str().expect("path")]).expect("yaml2json"),
+        )
+        .expect("JSON");
+        let rules = &parsed[0]["rules"];
+        assert!(rules.as_array().is_some_and(|r| !r.is_empty()), "{agent}");
+        assert_eq!(
+            &get(&rendered, "ClusterRole", &format!("tally-{agent}"))["rules"],
+            rules,
+            "{agent}"
+        );
+    }
 }
 
 /// The chart's CRDs are exactly what `tally-agent crds` generates from the Rust structs.

@@ -204,29 +204,13 @@ async fn netmon_reports_the_flows_of_its_own_nodes_pods_only() {
     let n = ns.name.clone();
     let image = cluster.busybox_image.clone();
 
-    // The agent's rights exactly as the chart grants them (helm/tally/templates/netmon):
-    // list and watch pods, nothing else.
-    let role = format!("{n}-netmon");
-    ns.owns_cluster_object("clusterrole", &role);
-    ns.owns_cluster_object("clusterrolebinding", &role);
-    cluster.apply(&format!(
-        r#"apiVersion: v1
-kind: ServiceAccount
-metadata: {{name: netmon, namespace: {n}}}
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRole
-metadata: {{name: {role}}}
-rules:
-- {{apiGroups: [""], resources: [pods], verbs: [list, watch]}}
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata: {{name: {role}}}
-roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {role}}}
-subjects: [{{kind: ServiceAccount, name: netmon, namespace: {n}}}]
-"#
-    ));
+    // The agent's rights exactly as the repository keeps them (agents/netmon/rbac.yaml, which
+    // the chart uses): list and watch pods, nothing else.
+    ns.agent_account(
+        include_str!("../../agents/netmon/rbac.yaml"),
+        "tally-netmon",
+        "netmon",
+    );
     let dir = tempfile::tempdir().unwrap();
     let token = cluster.service_account_token(&n, "netmon");
     let kubeconfig = cluster.kubeconfig_for_token(dir.path(), "netmon", &token);
