@@ -125,15 +125,7 @@ impl ApplianceAt {
 }
 
 async fn rows(server: &Server, sql: &str) -> Vec<Vec<Value>> {
-    let answer = tally_e2e::sql(&server.http_url, sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    answer["rows"]
-        .as_array()
-        .expect("rows")
-        .iter()
-        .map(|r| r.as_array().expect("row").clone())
-        .collect()
+    tally_e2e::sql_rows(&server.http_url, sql).await
 }
 
 /// Polls `check` every 500 ms until it returns `Some`, or panics after `timeout`.

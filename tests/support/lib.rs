@@ -146,6 +146,19 @@ pub async fn sql(http_url: &str, query: &str) -> Result<serde_json::Value, Strin
     }
 }
 
+/// The rows of a query's JSON answer; panics naming the query when it fails.
+pub async fn sql_rows(http_url: &str, query: &str) -> Vec<Vec<serde_json::Value>> {
+    let answer = sql(http_url, query)
+        .await
+        .unwrap_or_else(|e| panic!("{query}: {e}"));
+    answer["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| r.as_array().expect("row").clone())
+        .collect()
+}
+
 /// `n` rows of `events` whose `pod` is `id` and whose times are `start_ms..start_ms+n`.
 pub fn events(id: &str, start_ms: i64, n: usize) -> RecordBatch {
     let text = |s: &str| Arc::new(StringArray::from(vec![s; n])) as _;
