@@ -80,6 +80,10 @@ pub const COST_ALLOCATION: Query = crate::network::network_view!(
 pub const LATEST_RECOMMENDATIONS: Query =
     crate::query!("latest_recommendations", ["run_id", "kind"]);
 
+/// The node groups the newest (or `$run_id`'s) consolidation plan would shrink, with the
+/// nodes that can go: what the operator turns into NodeGroupRecommendation objects.
+pub const OPERATOR_NODE_GROUPS: Query = crate::query!("operator_node_groups", ["run_id"]);
+
 pub const ALL: &[Query] = &[
     RIGHTSIZING,
     REPLICAS,
@@ -88,4 +92,5 @@ pub const ALL: &[Query] = &[
     INSTANCE_PRICES,
     COST_ALLOCATION,
     LATEST_RECOMMENDATIONS,
+    OPERATOR_NODE_GROUPS,
 ];

@@ -12,7 +12,7 @@ use tally_wire::Table;
 
 use crate::analysis::{
     CONSOLIDATION_PODS, COST_ALLOCATION, INSTANCE_PRICES, LATEST_RECOMMENDATIONS, NODE_PRICES,
-    REPLICAS, RIGHTSIZING,
+    OPERATOR_NODE_GROUPS, REPLICAS, RIGHTSIZING,
 };
 use crate::golden::{check, engine_with};
 use crate::{Param, Query};
@@ -725,4 +725,77 @@ async fn cluster_queries_match_their_golden_results() {
         "queries/src/golden_analysis.rs (cluster_fixture)",
     )
     .await;
+}
+
+/// Two consolidation runs. The newest (run-2, 03:00) plans group general 3 → 2 nodes (g-2
+/// can go; g-1 and g-3 stay), group memory 2 → 2 (no change: not listed), and group compute
+/// 2 → 1 (c-1 can go). c-1 moved to group general at 03:30, after the plan: it is listed
+/// under compute, the group the plan was made for. The older run-1 (02:00) planned general
+/// 3 → 1 (g-1 and g-3).
+fn node_groups_fixture() -> Vec<(Table, RecordBatch)> {
+    let rec = |time: &str, run: &str, kind: &str, name: &str, now: i64, after: i64| {
+        format!(
+            r#"{{"time":"{time}","run_id":"{run}","kind":"consolidation","namespace":"","target_kind":"{kind}","target_name":"{name}","current_replicas":{now},"recommended_replicas":{after},"confidence":1.0,"why":"{name}: {now} → {after}","savings_monthly_usd":{}}}"#,
+            (now - after) as f64 * 70.08
+        )
+    };
+    let t2 = "2026-01-05T03:00:00Z";
+    let t1 = "2026-01-05T02:00:00Z";
+    let recommendations = vec![
+        rec(t2, "run-2", "NodeGroup", "general", 3, 2),
+        rec(t2, "run-2", "Node", "g-1", 1, 1),
+        rec(t2, "run-2", "Node", "g-2", 1, 0),
+        rec(t2, "run-2", "Node", "g-3", 1, 1),
+        rec(t2, "run-2", "NodeGroup", "memory", 2, 2),
+        rec(t2, "run-2", "Node", "m-1", 1, 1),
+        rec(t2, "run-2", "NodeGroup", "compute", 2, 1),
+        rec(t2, "run-2", "Node", "c-1", 1, 0),
+        rec(t1, "run-1", "NodeGroup", "general", 3, 1),
+        rec(t1, "run-1", "Node", "g-1", 1, 0),
+        rec(t1, "run-1", "Node", "g-3", 1, 0),
+    ];
+    let node = |time: &str, name: &str, group: &str| {
+        format!(
+            r#"{{"time":"{time}","node":"{name}","node_group":"{group}","zone":"us-east-1a","region":"us-east-1","instance_type":"m5.xlarge","capacity_type":"on_demand","cpu_capacity_cores":4.0,"memory_capacity_bytes":{GIB},"cpu_allocatable_cores":3.9,"memory_allocatable_bytes":{GIB}}}"#
+        )
+    };
+    let nodes = vec![
+        node("2026-01-05T01:30:00Z", "g-1", "general"),
+        node("2026-01-05T01:30:00Z", "g-3", "general"),
+        node("2026-01-05T02:30:00Z", "g-1", "general"),
+        node("2026-01-05T02:30:00Z", "g-2", "general"),
+        node("2026-01-05T02:30:00Z", "g-3", "general"),
+        node("2026-01-05T02:30:00Z", "m-1", "memory"),
+        node("2026-01-05T02:00:00Z", "c-1", "compute"),
+        node("2026-01-05T03:30:00Z", "c-1", "general"),
+    ];
+    vec![
+        rows(Table::Recommendations, &recommendations),
+        rows(Table::NodeUsage, &nodes),
+    ]
+}
+
+#[tokio::test]
+async fn node_groups_to_shrink_match_their_golden_result() {
+    let (_dir, engine) = engine_with(node_groups_fixture()).await;
+    // '': the newest run with a plan, run-2.
+    check(
+        &[OPERATOR_NODE_GROUPS],
+        &engine,
+        &[("run_id", Param::Text(String::new()))],
+        "queries/src/golden_analysis.rs (node_groups_fixture)",
+    )
+    .await;
+    // An older run by name: general 3 → 1 without g-2.
+    let sql = OPERATOR_NODE_GROUPS
+        .render(&[("run_id", Param::Text("run-1".into()))])
+        .unwrap();
+    let (_, batches) = engine.collect(&sql).await.unwrap();
+    let table = arrow::util::pretty::pretty_format_batches(&batches)
+        .unwrap()
+        .to_string();
+    assert!(
+        table.contains("| general    | 3             | 1            | g-1,g-3"),
+        "{table}"
+    );
 }
