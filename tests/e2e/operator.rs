@@ -859,3 +859,98 @@ async fn rollback_restores_the_previous_spec_byte_for_byte() {
     assert!(log[1][2].as_str().unwrap().contains("rejected"), "{log:?}");
     assert!(rig.metric("tally_operator_rollbacks_total").await >= 2.0);
 }
+
+/// Rows of `table` from JSON lines (columns not named are null).
+fn json_rows(table: Table, lines: &[String]) -> RecordBatch {
+    let mut decoder = arrow::json::ReaderBuilder::new(table.schema())
+        .build_decoder()
+        .expect("decoder");
+    decoder
+        .decode(lines.join("\n").as_bytes())
+        .expect("JSON rows");
+    decoder.flush().expect("rows").expect("some rows")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_consolidation_plan_becomes_a_node_group_recommendation() {
+    let mut rig = rig("nodegroups").await;
+    let group = format!("{}-pool", rig.ns.name);
+    // Named nodegroup-<group> (the namespace's name is already a valid Kubernetes name).
+    let object = format!("nodegroup-{group}");
+    rig.ns
+        .owns_cluster_object("nodegrouprecommendations.tally.dev", &object);
+    let now = chrono_now_ms();
+    // Times as milliseconds since the epoch (the JSON decoder reads numbers in the column's unit).
+    // The nodes as the collector reports them, a minute before the plan.
+    let nodes: Vec<String> = ["n-a", "n-b", "n-c"]
+        .iter()
+        .map(|node| {
+            format!(
+                r#"{{"time":{},"node":"{node}","node_group":"{group}","cpu_capacity_cores":4.0,"memory_capacity_bytes":17179869184,"cpu_allocatable_cores":3.9,"memory_allocatable_bytes":16106127360}}"#,
+                now - 60_000
+            )
+        })
+        .collect();
+    // The plan: the group 3 → 2, n-a can go, n-b and n-c cannot.
+    let plan = |kind: &str, name: &str, current: i64, target: i64, why: &str| {
+        format!(
+            r#"{{"time":{},"run_id":"run-ng","kind":"consolidation","namespace":"","target_kind":"{kind}","target_name":"{name}","current_replicas":{current},"recommended_replicas":{target},"confidence":1.0,"why":"{why}","savings_monthly_usd":{}}}"#,
+            now,
+            if target < current { 140.16 } else { 0.0 }
+        )
+    };
+    let recommendations = vec![
+        plan("NodeGroup", &group, 3, 2, "3 → 2 node(s): n-a can go"),
+        plan("Node", "n-a", 1, 0, "its pods fit on n-b and n-c"),
+        plan("Node", "n-b", 1, 1, "holds a pod with local storage"),
+        plan("Node", "n-c", 1, 1, "the others cannot hold its pods"),
+    ];
+    rig.ingest
+        .write(Table::NodeUsage, vec![json_rows(Table::NodeUsage, &nodes)])
+        .await
+        .expect("write nodes");
+    rig.ingest
+        .write(
+            Table::Recommendations,
+            vec![json_rows(Table::Recommendations, &recommendations)],
+        )
+        .await
+        .expect("write the plan");
+
+    // The operator materialises it (server-side apply, cluster-scoped), Pending with why.
+    let found: Value = rig.cluster().wait(
+        "the NodeGroupRecommendation",
+        Duration::from_secs(60),
+        || {
+            let text = rig.cluster().kubectl(&[
+                "get",
+                "nodegrouprecommendations.tally.dev",
+                &object,
+                "-o",
+                "json",
+            ])?;
+            let found: Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+            if found["status"]["phase"] == "Pending" {
+                Ok(found)
+            } else {
+                Err(text)
+            }
+        },
+    );
+    let spec = &found["spec"];
+    assert_eq!(spec["nodeGroup"], group.as_str(), "{found}");
+    assert_eq!(spec["action"], "consolidate");
+    assert_eq!(spec["runId"], "run-ng");
+    assert_eq!(spec["currentNodes"], 3);
+    assert_eq!(spec["targetNodes"], 2);
+    assert_eq!(spec["nodesToRemove"], serde_json::json!(["n-a"]));
+    assert_eq!(spec["savingsMonthlyUsd"], 140.16);
+    assert!(
+        found["status"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("does not cordon or drain")),
+        "{found}"
+    );
+    let managers = found["metadata"]["managedFields"].to_string();
+    assert!(managers.contains("tally-operator"), "{managers}");
+}

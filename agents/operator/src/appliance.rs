@@ -33,6 +33,18 @@ pub enum ApplianceError {
     Write(String),
 }
 
+/// A node group a consolidation plan would shrink (queries/operator_node_groups.sql).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeGroupRow {
+    pub run_id: String,
+    pub node_group: String,
+    pub current_nodes: i64,
+    pub target_nodes: i64,
+    pub nodes_to_remove: Vec<String>,
+    pub why: String,
+    pub savings_monthly_usd: f64,
+}
+
 /// One workload's recommendation from one analysis run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WorkloadRow {
@@ -200,6 +212,74 @@ impl Appliance {
         );
         let batches = self.query(&sql).await?;
         Ok(group_rows(&batches))
+    }
+
+    /// The node groups the newest consolidation plan would shrink
+    /// (queries/operator_node_groups.sql).
+    pub async fn node_groups(&mut self) -> Result<Vec<NodeGroupRow>, ApplianceError> {
+        let sql = tally_queries::analysis::OPERATOR_NODE_GROUPS
+            .render(&[("run_id", tally_queries::Param::Text(String::new()))])
+            .map_err(|e| ApplianceError::Query {
+                sql: "operator_node_groups.sql".into(),
+                reason: e.to_string(),
+            })?;
+        let batches = self.query(&sql).await?;
+        let mut out = Vec::new();
+        for b in &batches {
+            let text = |name: &str| {
+                b.column_by_name(name)
+                    .and_then(|c| arrow::compute::cast(c, &arrow::datatypes::DataType::Utf8).ok())
+            };
+            let (Some(run), Some(group), Some(nodes), Some(why)) = (
+                text("run_id"),
+                text("node_group"),
+                text("nodes_to_remove"),
+                text("why"),
+            ) else {
+                continue;
+            };
+            let int = |name: &str| {
+                b.column_by_name(name)
+                    .and_then(|c| arrow::compute::cast(c, &arrow::datatypes::DataType::Int64).ok())
+            };
+            let (Some(now), Some(target)) = (int("current_nodes"), int("target_nodes")) else {
+                continue;
+            };
+            let savings = b
+                .column_by_name("savings_monthly_usd")
+                .and_then(|c| arrow::compute::cast(c, &arrow::datatypes::DataType::Float64).ok());
+            let (run, group, nodes, why) = (
+                run.as_string::<i32>(),
+                group.as_string::<i32>(),
+                nodes.as_string::<i32>(),
+                why.as_string::<i32>(),
+            );
+            let (now, target) = (
+                now.as_primitive::<Int64Type>(),
+                target.as_primitive::<Int64Type>(),
+            );
+            for i in 0..b.num_rows() {
+                out.push(NodeGroupRow {
+                    run_id: run.value(i).to_string(),
+                    node_group: group.value(i).to_string(),
+                    current_nodes: now.value(i),
+                    target_nodes: target.value(i),
+                    nodes_to_remove: nodes
+                        .value(i)
+                        .split(',')
+                        .filter(|n| !n.is_empty())
+                        .map(str::to_string)
+                        .collect(),
+                    why: why.value(i).to_string(),
+                    savings_monthly_usd: savings
+                        .as_ref()
+                        .map(|s| s.as_primitive::<Float64Type>())
+                        .filter(|s| s.is_valid(i))
+                        .map_or(0.0, |s| s.value(i)),
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// Recommendation ids whose custom resource a person deleted (the operator does not

@@ -23,11 +23,12 @@ use kube::core::ApiResource;
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
 
-use crate::appliance::{ActionRow, Appliance, WorkloadRow};
+use crate::appliance::{ActionRow, Appliance, NodeGroupRow, WorkloadRow};
 use crate::crd::{
-    Approval, FIELD_MANAGER, FINALIZER, Mode, Phase, Policy, PolicyStatus, PreviousResources,
-    ReplicasRecommendation, Resources, TargetRef, WorkloadKind, WorkloadRecommendation,
-    WorkloadRecommendationSpec, WorkloadRecommendationStatus,
+    Approval, FIELD_MANAGER, FINALIZER, Mode, NodeGroupAction, NodeGroupRecommendation,
+    NodeGroupRecommendationSpec, NodeGroupRecommendationStatus, Phase, Policy, PolicyStatus,
+    PreviousResources, ReplicasRecommendation, Resources, TargetRef, WorkloadKind,
+    WorkloadRecommendation, WorkloadRecommendationSpec, WorkloadRecommendationStatus,
 };
 use crate::health::Metrics;
 use crate::policy::{self, Bounds, Subject};
@@ -60,6 +61,30 @@ pub struct Reconciler {
 pub fn recommendation_name(kind: WorkloadKind, name: &str) -> String {
     format!("{}-{name}", kind.as_str().to_ascii_lowercase())
 }
+
+/// The NodeGroupRecommendation of a node group: `nodegroup-<group>`, lowercased, with every
+/// character a Kubernetes name cannot hold replaced by `-`.
+pub fn node_group_name(group: &str) -> String {
+    let cleaned: String = group
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let name = format!(
+        "nodegroup-{}",
+        cleaned.trim_matches(|c| c == '-' || c == '.')
+    );
+    name.chars().take(253).collect()
+}
+
+/// What a NodeGroupRecommendation's status says while nothing acts on it.
+pub const NODE_GROUP_PENDING: &str = "the operator does not cordon or drain nodes yet: nothing is changed; remove the listed nodes yourself if you agree";
 
 fn workload_resource(kind: WorkloadKind) -> ApiResource {
     ApiResource {
@@ -276,6 +301,23 @@ impl Reconciler {
             }
         }
 
+        // Node groups the newest consolidation plan shrinks become NodeGroupRecommendation
+        // objects (cluster-scoped). Cordon and drain are not built: they stay Pending.
+        match self.appliance.node_groups().await {
+            Ok(groups) => {
+                for group in &groups {
+                    if let Err(error) = self.apply_node_group(group).await {
+                        self.metrics.errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(node_group = %group.node_group, %error, "cannot apply the node group recommendation");
+                    }
+                }
+            }
+            Err(error) => {
+                self.metrics.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%error, "cannot read the consolidation plan");
+            }
+        }
+
         let policies = self.check_policies().await?;
         let mut namespace_labels: HashMap<String, BTreeMap<String, String>> = HashMap::new();
         for wr in self.list_recommendations().await? {
@@ -298,6 +340,53 @@ impl Reconciler {
                 self.metrics.errors.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(namespace = %ns, %name, %error, "reconcile failed; retried next pass");
             }
+        }
+        Ok(())
+    }
+
+    /// Server-side applies the NodeGroupRecommendation of one node group, and marks it
+    /// Pending (with why) when it has no status yet.
+    async fn apply_node_group(&self, row: &NodeGroupRow) -> Result<(), ReconcileError> {
+        let name = node_group_name(&row.node_group);
+        let api: Api<NodeGroupRecommendation> = Api::all(self.client.clone());
+        let spec = NodeGroupRecommendationSpec {
+            node_group: row.node_group.clone(),
+            action: NodeGroupAction::Consolidate,
+            run_id: row.run_id.clone(),
+            current_nodes: row.current_nodes,
+            target_nodes: row.target_nodes,
+            nodes_to_remove: row.nodes_to_remove.clone(),
+            why: row.why.clone(),
+            savings_monthly_usd: row.savings_monthly_usd,
+            approval: None,
+        };
+        let apply = json!({
+            "apiVersion": "tally.dev/v1alpha1",
+            "kind": "NodeGroupRecommendation",
+            "metadata": {
+                "name": name,
+                "labels": {"app.kubernetes.io/managed-by": "tally-operator"},
+            },
+            "spec": spec,
+        });
+        let applied = api
+            .patch(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&apply),
+            )
+            .await?;
+        if applied.status.is_none() {
+            let status = NodeGroupRecommendationStatus {
+                phase: Phase::Pending,
+                message: Some(NODE_GROUP_PENDING.to_string()),
+            };
+            api.patch_status(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "status": status })),
+            )
+            .await?;
         }
         Ok(())
     }
@@ -845,6 +934,17 @@ impl Reconciler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn node_group_objects_have_valid_names() {
+        assert_eq!(node_group_name("general"), "nodegroup-general");
+        assert_eq!(
+            node_group_name("eks/Compute_Spot"),
+            "nodegroup-eks-compute-spot"
+        );
+        assert_eq!(node_group_name("--x--"), "nodegroup-x");
+        assert!(node_group_name(&"g".repeat(400)).len() <= 253);
+    }
 
     #[test]
     fn resources_are_written_in_keeping_other_keys() {
