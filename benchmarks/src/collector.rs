@@ -137,29 +137,7 @@ pub async fn collector_memory(pods: usize, parallel: usize) -> (String, String) 
     let dir = std::env::temp_dir().join(format!("tally-bench-collector-{}", std::process::id()));
     let exe = std::env::current_exe().unwrap();
     let bin_dir = exe.parent().unwrap();
-    let mut tally = Command::new(bin_dir.join("tally"))
-        .args([
-            "serve",
-            "--insecure",
-            "--flight-listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(&dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("tally serve beside tally-bench");
-    let mut lines = BufReader::new(tally.stdout.take().unwrap()).lines();
-    let flight = loop {
-        let line = lines.next().expect("tally serve output").unwrap();
-        if let Some(url) = line.strip_prefix("flight ") {
-            break url.to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
+    let (mut tally, flight) = crate::spawn_tally_serve(&dir);
     let mut agent = Command::new(bin_dir.join("tally-agent"))
         .args([
             "collector",

@@ -280,6 +280,39 @@ fn tally_bin() -> PathBuf {
     bin
 }
 
+/// Starts `tally serve --insecure` on loopback ports of its choosing with `data_dir`, and
+/// answers the process and its Flight URL (read from the line it prints). Its further output
+/// is drained in the background so it never blocks on a full pipe.
+fn spawn_tally_serve(data_dir: &Path) -> (std::process::Child, String) {
+    let mut server = Command::new(tally_bin())
+        .args([
+            "serve",
+            "--insecure",
+            "--flight-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(data_dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start tally serve");
+    let mut out = BufReader::new(server.stdout.take().expect("piped")).lines();
+    let url = loop {
+        let line = out
+            .next()
+            .expect("tally serve printed its address")
+            .expect("tally serve output");
+        if let Some(url) = line.strip_prefix("flight ") {
+            break url.to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in out {});
+    (server, url)
+}
+
 fn batches_of(cluster: &Cluster, table: Table, rows: usize, batch_rows: usize) -> Vec<RecordBatch> {
     let mut out = Vec::new();
     let mut have = 0;
@@ -305,31 +338,7 @@ async fn ingest(rows: usize, batch_rows: usize, clients: usize) -> (String, Stri
         let _ = std::fs::remove_dir_all(&dir);
         let batches = batches_of(&cluster, table, rows, batch_rows);
         let sent: usize = batches.iter().map(|b| b.num_rows()).sum();
-        let mut server = Command::new(tally_bin())
-            .args([
-                "serve",
-                "--insecure",
-                "--flight-listen",
-                "127.0.0.1:0",
-                "--http-listen",
-                "127.0.0.1:0",
-                "--data-dir",
-            ])
-            .arg(&dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start tally serve");
-        let mut out = BufReader::new(server.stdout.take().unwrap()).lines();
-        let url = loop {
-            let line = out
-                .next()
-                .expect("tally serve printed its address")
-                .unwrap();
-            if let Some(url) = line.strip_prefix("flight ") {
-                break url.to_string();
-            }
-        };
+        let (mut server, url) = spawn_tally_serve(&dir);
         let pid = server.id();
         let cpu_before = machine::process_cpu_seconds(pid);
         let started = Instant::now();

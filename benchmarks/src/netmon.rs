@@ -7,7 +7,6 @@
 //! has deltas and every window has rows). Measured from /proc: the agent's peak RSS (VmHWM)
 //! and its CPU time over the run, as millicores. Aim: ≤ 64 MiB and ≤ 50 millicores.
 
-use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -99,31 +98,7 @@ pub fn netmon(entries: usize, seconds: u64, poll: &str, flush: &str) -> (String,
     // The appliance the agent writes to.
     let dir = std::env::temp_dir().join(format!("tally-bench-netmon-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let mut server = Command::new(crate::tally_bin())
-        .args([
-            "serve",
-            "--insecure",
-            "--flight-listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(&dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start tally serve");
-    let mut out = BufReader::new(server.stdout.take().unwrap()).lines();
-    let url = loop {
-        let line = out
-            .next()
-            .expect("tally serve printed its address")
-            .unwrap();
-        if let Some(url) = line.strip_prefix("flight ") {
-            break url.to_string();
-        }
-    };
+    let (mut server, url) = crate::spawn_tally_serve(&dir);
 
     let agent_bin = std::env::current_exe()
         .unwrap()
