@@ -192,17 +192,7 @@ async fn the_collector_reports_usage_throttling_oom_kills_and_workload_changes_b
     // a ConfigMap, which is what agents trust.
     let at = rig.appliance(&["--ca-secret", &format!("{ns}/tally-ca")]);
     let appliance = at.start();
-    let ca_pem = cluster
-        .kubectl(&[
-            "-n",
-            &ns,
-            "get",
-            "configmap",
-            "tally-ca",
-            "-o",
-            "jsonpath={.data.ca\\.crt}",
-        ])
-        .expect("the published CA");
+    let ca_pem = cluster.published_ca(&ns);
     assert!(
         ca_pem.starts_with("-----BEGIN CERTIFICATE-----"),
         "{ca_pem}"

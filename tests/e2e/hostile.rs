@@ -837,7 +837,7 @@ fn random_sql_gets_a_json_answer_and_the_appliance_keeps_serving() {
             TestCaseError::fail(format!("no answer (dropped or timed out) to {sql:?}: {e}"))
         })?;
         *counts.by_status.entry(status).or_default() += 1;
-        let json: serde_json::Value = serde_json::from_str(&body).map_err(|e| {
+        serde_json::from_str::<serde_json::Value>(&body).map_err(|e| {
             TestCaseError::fail(format!("{status} not JSON ({e}) for {sql:?}: {body}"))
         })?;
         prop_assert!(
@@ -845,12 +845,7 @@ fn random_sql_gets_a_json_answer_and_the_appliance_keeps_serving() {
             "{status} for {sql:?}: {body}"
         );
         if status != 200 {
-            prop_assert!(
-                json["error"]["message"]
-                    .as_str()
-                    .is_some_and(|m| !m.is_empty()),
-                "{status} without an error message for {sql:?}: {body}"
-            );
+            refusal_explained(status, body.as_bytes(), &sql)?;
         }
         Ok(())
     });
@@ -922,6 +917,28 @@ fn hostile_sql_request_bodies_get_an_answer_and_the_appliance_keeps_serving() {
 #[test]
 fn deeply_nested_statements_do_not_abort_the_appliance() {
     fuzz_sql_bodies(20_000);
+}
+
+/// A refused SQL request is answered with JSON carrying a non-empty `error.message`.
+fn refusal_explained(
+    status: u16,
+    body: &[u8],
+    what: &dyn std::fmt::Debug,
+) -> Result<(), TestCaseError> {
+    let json: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
+        TestCaseError::fail(format!(
+            "{status} not JSON ({e}) for {what:?}: {}",
+            String::from_utf8_lossy(body)
+        ))
+    })?;
+    prop_assert!(
+        json["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{status} without an error message for {what:?}: {}",
+        String::from_utf8_lossy(body)
+    );
+    Ok(())
 }
 
 /// Sends `cases` hostile request bodies to the SQL endpoint.
@@ -1016,18 +1033,7 @@ fn fuzz_sql_bodies(max_depth: usize) {
             }
             counts.arrow_streams_read += 1;
         } else if status != 200 {
-            let json: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
-                TestCaseError::fail(format!(
-                    "{status} not JSON ({e}) for {hostile:?}: {}",
-                    String::from_utf8_lossy(&body)
-                ))
-            })?;
-            prop_assert!(
-                json["error"]["message"]
-                    .as_str()
-                    .is_some_and(|m| !m.is_empty()),
-                "{status} without an error message for {hostile:?}"
-            );
+            refusal_explained(status, &body, &hostile)?;
         }
         Ok(())
     });

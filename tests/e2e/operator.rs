@@ -184,17 +184,7 @@ async fn rig(prefix: &str) -> Rig {
         &args,
     )
     .unwrap();
-    let ca_pem = cluster
-        .kubectl(&[
-            "-n",
-            &n,
-            "get",
-            "configmap",
-            "tally-ca",
-            "-o",
-            "jsonpath={.data.ca\\.crt}",
-        ])
-        .expect("the published CA");
+    let ca_pem = cluster.published_ca(&n);
     let ca_file = dir.path().join("appliance-ca.crt");
     std::fs::write(&ca_file, &ca_pem).unwrap();
 
@@ -419,15 +409,7 @@ spec:
     }
 
     async fn rows(&self, sql: &str) -> Vec<Vec<Value>> {
-        let answer = tally_e2e::sql(&self.appliance.http_url, sql)
-            .await
-            .unwrap_or_else(|e| panic!("{sql}: {e}"));
-        answer["rows"]
-            .as_array()
-            .expect("rows")
-            .iter()
-            .map(|r| r.as_array().expect("row").clone())
-            .collect()
+        tally_e2e::sql_rows(&self.appliance.http_url, sql).await
     }
 
     /// The `actions` rows of Deployment `name`: (operation, result, actor, policy, before, after).
@@ -442,17 +424,10 @@ spec:
 
     async fn metric(&self, name: &str) -> f64 {
         let url = &self.operator.as_ref().expect("operator").health_url;
-        let text = reqwest::get(format!("{url}/metrics"))
+        tally_e2e::prometheus_metrics(url)
             .await
-            .expect("operator /metrics")
-            .text()
-            .await
-            .expect("metrics text");
-        text.lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(|l| l.rsplit_once(' '))
-            .find(|(k, _)| *k == name)
-            .and_then(|(_, v)| v.parse().ok())
+            .get(name)
+            .copied()
             .unwrap_or(0.0)
     }
 

@@ -213,6 +213,21 @@ impl Cluster {
     /// A ServiceAccount's token: a token Secret is created for it (works on 1.20 and on
     /// clusters that no longer create them automatically) and read once the token
     /// controller filled it.
+    /// The appliance's CA certificate (PEM) as it publishes it for agents: the ConfigMap
+    /// `tally-ca` of `namespace`.
+    pub fn published_ca(&self, namespace: &str) -> String {
+        self.kubectl(&[
+            "-n",
+            namespace,
+            "get",
+            "configmap",
+            "tally-ca",
+            "-o",
+            "jsonpath={.data.ca\\.crt}",
+        ])
+        .expect("the published CA")
+    }
+
     pub fn service_account_token(&self, namespace: &str, account: &str) -> String {
         let secret = format!("{account}-token-e2e");
         self.apply(&format!(
@@ -475,17 +490,7 @@ impl Collector {
 
     /// The collector's Prometheus metrics as `name{labels}` → value.
     pub async fn metrics(&self) -> HashMap<String, f64> {
-        let text = reqwest::get(format!("{}/metrics", self.health_url))
-            .await
-            .expect("collector /metrics")
-            .text()
-            .await
-            .expect("metrics text");
-        text.lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(|l| l.rsplit_once(' '))
-            .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
-            .collect()
+        crate::prometheus_metrics(&self.health_url).await
     }
 
     /// SIGTERM, and wait (up to 30 s) for it to deliver what it buffered and exit.

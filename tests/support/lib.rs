@@ -146,6 +146,21 @@ pub async fn sql(http_url: &str, query: &str) -> Result<serde_json::Value, Strin
     }
 }
 
+/// An agent's Prometheus metrics at `<health_url>/metrics` as `name{labels}` → value.
+pub async fn prometheus_metrics(health_url: &str) -> std::collections::HashMap<String, f64> {
+    let text = reqwest::get(format!("{health_url}/metrics"))
+        .await
+        .unwrap_or_else(|e| panic!("{health_url}/metrics: {e}"))
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
+        .collect()
+}
+
 /// The rows of a query's JSON answer; panics naming the query when it fails.
 pub async fn sql_rows(http_url: &str, query: &str) -> Vec<Vec<serde_json::Value>> {
     let answer = sql(http_url, query)
