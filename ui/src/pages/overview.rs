@@ -55,7 +55,8 @@ pub struct CachedAllocation {
     computed: Instant,
     /// How long the query took.
     pub took: Duration,
-    pub rows: Rows,
+    /// Its figures, summed once here rather than on every request.
+    pub summary: CostSummary,
 }
 
 impl crate::background::Computed for CachedAllocation {
@@ -67,7 +68,7 @@ impl crate::background::Computed for CachedAllocation {
 
     fn fresh(&self, state: &UiState) -> bool {
         self.end_hour == (state.now)().timestamp().div_euclid(3600)
-            && self.computed.elapsed() <= crate::background::max_age(self.rows.is_empty())
+            && self.computed.elapsed() <= crate::background::max_age(self.summary.is_empty())
     }
 }
 
@@ -81,50 +82,91 @@ pub async fn compute_allocation(state: &UiState) -> Result<CachedAllocation, dat
         end_hour,
         computed: Instant::now(),
         took: started.elapsed(),
-        rows,
+        summary: CostSummary::of(&rows),
     })
 }
 
-fn costs(state: &UiState, rows: &Rows) -> (Markup, Option<f64>, Option<f64>) {
-    // Scaled to a month from the hours that have costs, not the whole window: a cluster
-    // with two days of history is not billed as if the other five days were free.
-    let hours: std::collections::BTreeSet<i64> = rows
-        .iter()
-        .filter_map(|r| split_hour(r.text("name")).0)
-        .collect();
-    let covered = if hours.is_empty() {
+/// The overview's cost figures over the window (not yet scaled to a month), summed once
+/// from the allocation by hour and namespace.
+#[derive(Debug, Default)]
+pub struct CostSummary {
+    /// Hours that have costs: monthly figures scale from these, not from the whole window,
+    /// so a cluster with two days of history is not billed as if the other days were free.
+    pub hours: usize,
+    pub allocated: f64,
+    pub idle: f64,
+    pub network: f64,
+    /// Usage ÷ requests weighted by CPU and memory cost (network left out).
+    pub efficiency: Option<f64>,
+    /// Cost per namespace, the most expensive first.
+    pub by_namespace: Vec<(String, f64)>,
+    /// Per hour (ms): what the nodes cost (allocated + idle) and what was allocated.
+    pub hourly: Vec<(i64, f64, f64)>,
+}
+
+impl CostSummary {
+    pub fn of(rows: &Rows) -> CostSummary {
+        let mut summary = CostSummary::default();
+        let mut by_namespace: std::collections::HashMap<String, f64> = Default::default();
+        let mut hourly: std::collections::BTreeMap<i64, (f64, f64)> = Default::default();
+        let (mut compute, mut weighted_efficiency) = (0.0, 0.0);
+        for r in rows.iter() {
+            let cost = r.float("total_cost_usd").unwrap_or(0.0);
+            let (hour, name) = split_hour(r.text("name"));
+            let idle = name.contains("__idle__");
+            if let Some(hour) = hour {
+                let entry = hourly.entry(hour).or_default();
+                entry.0 += cost;
+                if !idle {
+                    entry.1 += cost;
+                }
+            }
+            if idle {
+                summary.idle += cost;
+                continue;
+            }
+            summary.allocated += cost;
+            let network = r.float("network_cost_usd").unwrap_or(0.0);
+            summary.network += network;
+            // Efficiency is about CPU and memory: weigh it by their cost alone.
+            compute += cost - network;
+            weighted_efficiency += (cost - network) * r.float("total_efficiency").unwrap_or(0.0);
+            *by_namespace.entry(name.to_string()).or_default() += cost;
+        }
+        summary.hours = hourly.len();
+        summary.efficiency = (compute > 0.0).then(|| weighted_efficiency / compute);
+        summary.by_namespace = by_namespace.into_iter().collect();
+        summary
+            .by_namespace
+            .sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        summary.hourly = hourly.into_iter().map(|(t, (c, a))| (t, c, a)).collect();
+        summary
+    }
+
+    fn is_empty(&self) -> bool {
+        self.hours == 0 && self.by_namespace.is_empty() && self.idle == 0.0
+    }
+}
+
+fn costs(state: &UiState, summary: &CostSummary) -> Markup {
+    let covered = if summary.hours == 0 {
         state.window_days as f64 * 24.0
     } else {
-        hours.len() as f64
+        summary.hours as f64
     };
     let per_month = HOURS_PER_MONTH / covered;
-    let mut idle = 0.0;
-    let mut allocated = 0.0;
-    let mut by_namespace: Vec<(String, f64)> = Vec::new();
-    let mut network = 0.0;
-    let mut weighted_efficiency = 0.0;
-    let mut compute = 0.0;
-    for r in rows.iter() {
-        let cost = r.float("total_cost_usd").unwrap_or(0.0) * per_month;
-        let (_, name) = split_hour(r.text("name"));
-        if name.contains("__idle__") {
-            idle += cost;
-        } else {
-            allocated += cost;
-            let net = r.float("network_cost_usd").unwrap_or(0.0) * per_month;
-            network += net;
-            // Efficiency is about CPU and memory: weigh it by their cost alone.
-            compute += cost - net;
-            weighted_efficiency += (cost - net) * r.float("total_efficiency").unwrap_or(0.0);
-            match by_namespace.iter_mut().find(|(n, _)| n == name) {
-                Some((_, sum)) => *sum += cost,
-                None => by_namespace.push((name.to_string(), cost)),
-            }
-        }
-    }
-    by_namespace.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-    by_namespace.truncate(15);
-    let efficiency = (compute > 0.0).then(|| weighted_efficiency / compute);
+    let (allocated, idle, network) = (
+        summary.allocated * per_month,
+        summary.idle * per_month,
+        summary.network * per_month,
+    );
+    let by_namespace: Vec<(String, f64)> = summary
+        .by_namespace
+        .iter()
+        .take(15)
+        .map(|(name, cost)| (name.clone(), cost * per_month))
+        .collect();
+    let efficiency = summary.efficiency;
     let markup = html! {
         div.stats {
             (stat("Cluster cost / month", &format::usd(Some(allocated + idle)), &format!("at the rate of the last {} h with costs (window: {} days)", covered, state.window_days)))
@@ -137,7 +179,7 @@ fn costs(state: &UiState, rows: &Rows) -> (Markup, Option<f64>, Option<f64>) {
         (bars("Cost per month by namespace", &by_namespace, |v| format::usd(Some(v))))
         p.hint { "GPU and storage costs are not included: no GPU or volume prices are stored. Network cost is each flow the node agents measured, at its traffic class's list rate (see the Network page); __network_without_usage__ is traffic of pods that left no usage sample." }
     };
-    (markup, Some(allocated + idle), efficiency)
+    markup
 }
 
 /// Splits an allocation row's name into its hour (milliseconds) and the rest:
@@ -158,30 +200,18 @@ fn split_hour(name: &str) -> (Option<i64>, &str) {
 
 /// Cost per hour over the window: what the nodes cost (allocated + idle) and what was
 /// allocated to workloads, from the same allocation as the totals above.
-fn cost_chart(rows: &Rows) -> Markup {
-    let mut hours: std::collections::BTreeMap<i64, (f64, f64)> = Default::default();
-    for r in rows.iter() {
-        let (Some(hour), name) = split_hour(r.text("name")) else {
-            continue;
-        };
-        let cost = r.float("total_cost_usd").unwrap_or(0.0);
-        let entry = hours.entry(hour).or_default();
-        entry.0 += cost;
-        if !name.contains("__idle__") {
-            entry.1 += cost;
-        }
-    }
+fn cost_chart(summary: &CostSummary) -> Markup {
     LineChart {
         title: "Cluster cost and allocated cost per hour, USD",
         series: vec![
             Series {
                 name: "Cluster cost (allocated + idle)".into(),
-                points: hours.iter().map(|(t, v)| (*t, v.0)).collect(),
+                points: summary.hourly.iter().map(|(t, c, _)| (*t, *c)).collect(),
                 dashed: false,
             },
             Series {
                 name: "Allocated to workloads".into(),
-                points: hours.iter().map(|(t, v)| (*t, v.1)).collect(),
+                points: summary.hourly.iter().map(|(t, _, a)| (*t, *a)).collect(),
                 dashed: true,
             },
         ],
@@ -267,18 +297,18 @@ fn cost_cards(state: &UiState, allocation: Option<&CachedAllocation>) -> Markup 
             }
         };
     };
-    let rows = &allocation.rows;
+    let summary = &allocation.summary;
     html! {
         div #(COSTS_ID) {
-            (card("Cost", if rows.is_empty() {
+            (card("Cost", if summary.is_empty() {
                 layout::empty("No cost yet.", "Costs appear once nodes have reported for a whole hour and prices are known (the shipped catalog or your own on the Settings page).")
             } else {
-                costs(state, rows).0
+                costs(state, summary)
             }))
-            (card("Cost over time", if rows.is_empty() {
+            (card("Cost over time", if summary.is_empty() {
                 layout::empty("No cost yet.", "The chart starts once nodes have reported for a whole hour.")
             } else {
-                cost_chart(rows)
+                cost_chart(summary)
             }))
         }
     }
