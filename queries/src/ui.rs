@@ -41,6 +41,8 @@ pub const CLUSTER_USAGE_HOURLY: Query =
 /// Network page: traffic by destination.
 pub const NETWORK_DESTINATIONS: Query =
     crate::query!("ui_network_destinations", ["window_start", "window_end"]);
+/// Network page: the hours of the window that have traffic (for monthly figures).
+pub const NETWORK_HOURS: Query = crate::query!("ui_network_hours", ["window_start", "window_end"]);
 /// Network page: top talkers.
 pub const NETWORK_TALKERS: Query =
     crate::query!("ui_network_talkers", ["window_start", "window_end"]);
@@ -81,6 +83,7 @@ pub const ALL: &[Query] = &[
     CLUSTER_USAGE_HOURLY,
     NETWORK_DESTINATIONS,
     NETWORK_TALKERS,
+    NETWORK_HOURS,
     RECOMMENDATIONS,
     ACTIONS,
     PRICES,

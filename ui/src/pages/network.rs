@@ -71,18 +71,18 @@ fn talkers(rows: &Rows) -> Markup {
     }
 }
 
-/// Scales a cost over the page's window to a month.
-fn monthly(state: &UiState, usd: Option<f64>) -> Option<f64> {
-    usd.map(|v| v * super::overview::HOURS_PER_MONTH / (state.window_days as f64 * 24.0))
+/// Scales a cost over the hours of the window that have traffic to a month.
+fn monthly(hours: i64, usd: Option<f64>) -> Option<f64> {
+    usd.map(|v| v * super::overview::HOURS_PER_MONTH / hours.max(1) as f64)
 }
 
-fn classes(state: &UiState, rows: &Rows) -> Markup {
+fn classes(hours: i64, rows: &Rows) -> Markup {
     let bars_data: Vec<(String, f64)> = rows
         .iter()
         .map(|r| {
             (
                 r.text("class").to_string(),
-                monthly(state, r.float("cost_usd")).unwrap_or(0.0),
+                monthly(hours, r.float("cost_usd")).unwrap_or(0.0),
             )
         })
         .collect();
@@ -97,7 +97,7 @@ fn classes(state: &UiState, rows: &Rows) -> Markup {
                         td.n { (r.int("flows").unwrap_or(0)) }
                         td.n { (format::bytes(r.float("tx_bytes"))) }
                         td.n { (format::bytes(r.float("rx_bytes"))) }
-                        td.n { (format::usd(monthly(state, r.float("cost_usd")))) }
+                        td.n { (format::usd(monthly(hours, r.float("cost_usd")))) }
                     }
                 }
             }
@@ -105,7 +105,7 @@ fn classes(state: &UiState, rows: &Rows) -> Markup {
     }
 }
 
-fn egress(state: &UiState, rows: &Rows) -> Markup {
+fn egress(hours: i64, rows: &Rows) -> Markup {
     html! {
         div.scroll {
             table.data {
@@ -118,7 +118,7 @@ fn egress(state: &UiState, rows: &Rows) -> Markup {
                             td.n { (r.int("client_pods").unwrap_or(0)) }
                             td.n { (format::bytes(r.float("tx_bytes"))) }
                             td.n { (format::bytes(r.float("rx_bytes"))) }
-                            td.n { (format::usd(monthly(state, r.float("cost_usd")))) }
+                            td.n { (format::usd(monthly(hours, r.float("cost_usd")))) }
                         }
                     }
                 }
@@ -127,7 +127,7 @@ fn egress(state: &UiState, rows: &Rows) -> Markup {
     }
 }
 
-fn pairs(state: &UiState, rows: &Rows) -> Markup {
+fn pairs(hours: i64, rows: &Rows) -> Markup {
     html! {
         div.scroll {
             table.data {
@@ -143,7 +143,7 @@ fn pairs(state: &UiState, rows: &Rows) -> Markup {
                             td { (r.text("class")) }
                             td.n { (format::bytes(r.float("tx_bytes"))) }
                             td.n { (format::bytes(r.float("rx_bytes"))) }
-                            td.n { (format::usd(monthly(state, r.float("cost_usd")))) }
+                            td.n { (format::usd(monthly(hours, r.float("cost_usd")))) }
                         }
                     }
                 }
@@ -160,6 +160,8 @@ pub struct NetworkTables {
     pairs: Rows,
     destinations: Rows,
     talkers: Rows,
+    /// Hours of the window with traffic, which monthly figures scale from.
+    hours: i64,
     computed: std::time::Instant,
 }
 
@@ -174,7 +176,7 @@ impl crate::background::Computed for NetworkTables {
         // '': the provider whose catalog holds the nodes' instance types.
         let mut priced: Vec<(&str, Param)> = window.to_vec();
         priced.push(("provider", Param::Text(String::new())));
-        let (classes, egress, pairs, destinations, talkers) = tokio::join!(
+        let (classes, egress, pairs, destinations, talkers, hours) = tokio::join!(
             data::run(&state.engine, &network::NETWORK_COST_BY_CLASS, &priced),
             data::run(&state.engine, &network::NETWORK_EGRESS_BY_DOMAIN, &priced),
             data::run(
@@ -184,6 +186,7 @@ impl crate::background::Computed for NetworkTables {
             ),
             data::run(&state.engine, &ui::NETWORK_DESTINATIONS, &window),
             data::run(&state.engine, &ui::NETWORK_TALKERS, &window),
+            data::run(&state.engine, &ui::NETWORK_HOURS, &window),
         );
         Ok(NetworkTables {
             classes: classes?,
@@ -191,6 +194,11 @@ impl crate::background::Computed for NetworkTables {
             pairs: pairs?,
             destinations: destinations?,
             talkers: talkers?,
+            hours: hours?
+                .iter()
+                .next()
+                .and_then(|r| r.int("hours"))
+                .unwrap_or(0),
             computed: std::time::Instant::now(),
         })
     }
@@ -224,19 +232,19 @@ pub async fn page(State(state): State<UiState>, viewer: Viewer) -> Response {
                     layout::empty("No traffic measured yet.", "Flows appear once the netmon agent runs on the nodes (the network_flows table).")
                 } else {
                     html! {
-                        (classes(&state, &t.classes))
-                        p.hint { "Each flow is priced at its class's list rate per GiB (queries/network_rates.sql) for the provider of the nodes' instance types; a cluster whose instance types are in no catalog shows its classes at no cost. Costs per month are the window's costs scaled to 730 hours." }
+                        (classes(t.hours, &t.classes))
+                        p.hint { "Each flow is priced at its class's list rate per GiB (queries/network_rates.sql) for the provider of the nodes' instance types; a cluster whose instance types are in no catalog shows its classes at no cost. Costs per month are the window's costs scaled to 730 hours from the hours that have traffic." }
                     }
                 }))
                 (card("Egress by domain", if t.egress.is_empty() {
                     layout::empty("No traffic leaves the cluster.", "Destinations outside the cluster appear here, named by the DNS answers the agents saw.")
                 } else {
-                    egress(&state, &t.egress)
+                    egress(t.hours, &t.egress)
                 }))
                 (card("Costliest workload pairs", if t.pairs.is_empty() {
                     layout::empty("No traffic measured yet.", "Flows appear once the netmon agent runs on the nodes.")
                 } else {
-                    pairs(&state, &t.pairs)
+                    pairs(t.hours, &t.pairs)
                 }))
                 (card("Traffic by destination", if t.destinations.is_empty() {
                     layout::empty("No traffic measured yet.", "Flows appear once the netmon agent runs on the nodes (the network_flows table).")
@@ -250,7 +258,7 @@ pub async fn page(State(state): State<UiState>, viewer: Viewer) -> Response {
                 }))
             }
         }
-        (layout::sources(&[&network::NETWORK_COST_BY_CLASS, &network::NETWORK_EGRESS_BY_DOMAIN, &network::NETWORK_COST_BY_WORKLOAD_PAIR, &ui::NETWORK_DESTINATIONS, &ui::NETWORK_TALKERS]))
+        (layout::sources(&[&network::NETWORK_COST_BY_CLASS, &network::NETWORK_EGRESS_BY_DOMAIN, &network::NETWORK_COST_BY_WORKLOAD_PAIR, &ui::NETWORK_DESTINATIONS, &ui::NETWORK_TALKERS, &ui::NETWORK_HOURS]))
     };
     layout::respond(&viewer, "/network", "Network", content)
 }
