@@ -22,7 +22,7 @@ PKGS=(
   curl etcd-server containerd runc containernetworking-plugins busybox-static
   iproute2 iptables socat conntrack rsync golang-go openssl python3
   util-linux procps psmisc dpkg-dev xz-utils make ca-certificates
-  golang-github-modern-go-reflect2-dev
+  golang-github-modern-go-reflect2-dev dnsmasq-base
 )
 missing=()
 for p in "${PKGS[@]}"; do

@@ -13,9 +13,14 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "${HERE}/lib.sh"
 need_root
 
-NODES="${TALLY_NODES:-2}"
+NODES="${TALLY_NODES:-3}"
 UP_TIMEOUT="${TALLY_UP_TIMEOUT:-180}"
 [[ "$NODES" =~ ^[1-9]$ ]] || die "TALLY_NODES must be 1..9 (got '$NODES')"
+# With 3 or more nodes the last one is the drain node: tainted
+# tally.dev/drain-test=true:NoSchedule so that only pods tolerating it (the
+# operator's drain tests) land there and cordoning it disturbs no other test.
+DRAIN_NODE_INDEX=0
+(( NODES >= 3 )) && DRAIN_NODE_INDEX=$NODES
 D="${TALLY_CLUSTER_DIR}"
 STATE="$D/state"
 LOGS="$D/logs"
@@ -127,6 +132,8 @@ log "generating PKI and tokens in ${PKI}"
   cert apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" clientAuth
   cert controller-manager "/CN=system:kube-controller-manager" clientAuth
   cert scheduler "/CN=system:kube-scheduler" clientAuth
+  # kube-proxy's user: the built-in binding system:node-proxier names it.
+  cert kube-proxy "/CN=system:kube-proxy" clientAuth
   for i in $(seq 1 "$NODES"); do
     n=$(node_name "$i")
     cert "$n" "/O=system:nodes/CN=system:node:${n}" clientAuth
@@ -245,6 +252,7 @@ start kube-apiserver "$LOGS/kube-apiserver.log" "$CP_NS" - -- \
     --kubelet-certificate-authority="$PKI/ca.crt" \
     --kubelet-preferred-address-types=InternalIP \
     --allow-privileged=true \
+    --enable-aggregator-routing=true \
     --profiling=false \
     --v=1
 
@@ -493,6 +501,21 @@ patch_status fake-node-a "$(fake_status 4 16012196 3920m 15307684)" || die "stat
 patch_status fake-node-b "$(fake_status 8 16012196 7910m 15307684)" || die "status patch of fake-node-b failed"
 patch_status fake-node-c "$(fake_status 2 16012196 1930m 15307684)" || die "status patch of fake-node-c failed"
 
+# ------------------------------------------------------------------ cluster DNS
+# dnsmasq on the bridge address answers for <svc>.<ns>.svc.cluster.local from a
+# hosts file dns.py keeps current from the API (CoreDNS is not in Debian; see
+# dns.py). Names outside cluster.local get no upstream: lookups fail at once.
+mkdir -p "$D/dns"
+: >"$D/dns/hosts"
+start dnsmasq "$LOGS/dnsmasq.log" "$CP_NS" - -- \
+  dnsmasq --keep-in-foreground --log-facility=- --user=root --pid-file= \
+    --listen-address="${CP_IP}" --bind-interfaces --port=53 \
+    --no-resolv --no-hosts --no-poll --addn-hosts="$D/dns/hosts" \
+    --local=/cluster.local/ --domain-needed --bogus-priv --cache-size=0
+echo "$(pid_of dnsmasq)" >"$D/dns/dnsmasq.pid"
+start cluster-dns "$LOGS/cluster-dns.log" - - -- \
+  python3 "${HERE}/dns.py" "$HOST_API" "$PKI/ca.crt" "$ADMIN_TOKEN" "$D/dns/hosts" "$D/dns/dnsmasq.pid"
+
 # ------------------------------------------------------------------ kubelets
 for i in $(seq 1 "$NODES"); do
   n=$(node_name "$i"); ND="$D/$n"
@@ -523,6 +546,7 @@ failSwapOn: false
 oomScoreAdj: 0
 resolvConf: $ND/resolv.conf
 clusterDomain: cluster.local
+clusterDNS: [${CP_IP}]
 maxPods: 50
 podPidsLimit: -1
 serializeImagePulls: false
@@ -541,6 +565,8 @@ volumeStatsAggPeriod: 10s
 nodeStatusUpdateFrequency: 10s
 runtimeRequestTimeout: 2m
 EOF
+  taints=()
+  (( i == DRAIN_NODE_INDEX )) && taints=(--register-with-taints=tally.dev/drain-test=true:NoSchedule)
   # AWS_EC2_METADATA_DISABLED: the in-tree ECR credential provider would
   # otherwise probe the EC2 metadata address at start-up.
   start "kubelet-$n" "$LOGS/$n-kubelet.log" "$n" "$(pid_of "holder-$n")" -- \
@@ -555,6 +581,7 @@ EOF
       --cert-dir="$ND/kubelet/pki" \
       --hostname-override="$n" \
       --node-ip="$(node_ip "$i")" \
+      "${taints[@]}" \
       --node-labels="topology.kubernetes.io/region=${REGION},topology.kubernetes.io/zone=$(node_zone "$i"),node.kubernetes.io/instance-type=${REAL_ITYPE},karpenter.sh/capacity-type=$(node_ctype "$i"),tally.dev/node-kind=real" \
       --v=2
 done
@@ -576,11 +603,45 @@ for i in $(seq 1 "$NODES"); do
   n=$(node_name "$i")
   wait_for "node $n Ready" "$UP_TIMEOUT" "$LOGS/$n-kubelet.log" "kubelet-$n" -- node_ready "$n"
 done
+# ------------------------------------------------------------------ kube-proxy
+# One per node, in the node's namespaces, iptables mode: ClusterIP services
+# (kubernetes.default included) work from pods and from host-network pods.
+# Pod-to-service traffic that stays on a node's bridge passes iptables
+# (bridge-nf-call-iptables), so replies are translated back. The conntrack
+# table size and timeouts are the kernel's (0 = leave as is): they are global.
+kubeconfig "$D/kube-proxy.kubeconfig" "$IN_API" system:kube-proxy cert kube-proxy
+for i in $(seq 1 "$NODES"); do
+  n=$(node_name "$i"); ND="$D/$n"
+  nsenter --net="/run/netns/$n" -- sysctl -qw net.bridge.bridge-nf-call-iptables=1
+  cat >"$ND/kube-proxy.yaml" <<EOF
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+mode: iptables
+clientConnection: {kubeconfig: $D/kube-proxy.kubeconfig}
+hostnameOverride: $n
+bindAddress: $(node_ip "$i")
+clusterCIDR: 10.214.0.0/16
+healthzBindAddress: 127.0.0.1:10256
+metricsBindAddress: 127.0.0.1:10249
+conntrack: {maxPerCore: 0, min: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s}
+EOF
+  start "kube-proxy-$n" "$LOGS/$n-kube-proxy.log" "$n" "$(pid_of "holder-$n")" -- \
+    kube-proxy --config="$ND/kube-proxy.yaml" --v=1
+done
+for i in $(seq 1 "$NODES"); do
+  n=$(node_name "$i")
+  wait_for "kube-proxy of $n healthy" "$UP_TIMEOUT" "$LOGS/$n-kube-proxy.log" "kube-proxy-$n" -- \
+    nsenter --net="/run/netns/$n" -- curl -sf --max-time 2 http://127.0.0.1:10256/healthz
+done
+wait_for "cluster DNS answering kubernetes.default" 60 "$LOGS/cluster-dns.log" cluster-dns -- \
+  grep -q ' kubernetes.default.svc.cluster.local$' "$D/dns/hosts"
+
 wait_for "default service account" 60 "$LOGS/kube-controller-manager.log" kube-controller-manager -- \
   "$KUBECTL" -n default get serviceaccount default
 
 # ------------------------------------------------------------------ env file
-NODE_NAMES=""; NODE_IPS=""; NODE_SOCKS=""
+NODE_NAMES=""; NODE_IPS=""; NODE_SOCKS=""; DRAIN_NODE=""
+(( DRAIN_NODE_INDEX )) && DRAIN_NODE=$(node_name "$DRAIN_NODE_INDEX")
 for i in $(seq 1 "$NODES"); do
   NODE_NAMES+="$(node_name "$i") "; NODE_IPS+="$(node_ip "$i") "
   NODE_SOCKS+="$D/$(node_name "$i")/containerd.sock "
@@ -609,6 +670,8 @@ export TALLY_NODE_NETNS="${NODE_NAMES% }"
 export TALLY_NODE_IPS="${NODE_IPS% }"
 export TALLY_CONTAINERD_SOCKETS="${NODE_SOCKS% }"
 export TALLY_FAKE_NODES="fake-node-a fake-node-b fake-node-c"
+export TALLY_DRAIN_NODE=${DRAIN_NODE}
+export TALLY_CLUSTER_DNS=${CP_IP}
 export TALLY_IMAGE_BUSYBOX=tally.local/busybox:1.35
 export TALLY_IMAGE_PAUSE=tally.local/pause:1.0
 export TALLY_IMAGES_TAR=${D}/images.tar
