@@ -132,6 +132,7 @@ impl FlightSqlService for ApplianceFlight {
                             let ack = tally_wire::IngestAck {
                                 rows: 0,
                                 sequence: 0,
+                                duplicate: false,
                             };
                             let _ = tx
                                 .send(Ok(PutResult {

@@ -343,6 +343,7 @@ impl Store {
             return Ok(IngestAck {
                 rows: 0,
                 sequence: 0,
+                duplicate: false,
             });
         };
         let record = wal::encode(table, &hot.batch)?;
@@ -362,7 +363,11 @@ impl Store {
         if self.hot_rows() >= self.config.flush_rows {
             self.flush_wanted.notify_one();
         }
-        Ok(IngestAck { rows, sequence })
+        Ok(IngestAck {
+            rows,
+            sequence,
+            duplicate: false,
+        })
     }
 
     /// Backpressure: waits while the hot buffer is over `max_hot_rows`, asking for a flush.

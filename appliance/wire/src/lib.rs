@@ -17,11 +17,13 @@ mod ack;
 pub mod agent;
 pub mod bootstrap;
 pub mod client;
+pub mod key;
 pub mod link;
 mod tables;
 
 pub use ack::IngestAck;
-pub use client::{ClientError, ClientTls, IngestClient, WriteError};
+pub use client::{ClientError, ClientTls, IngestClient, WriteError, split_for_flight};
+pub use key::{BatchKey, KeySource, ProducerId};
 pub use tables::{SchemaMismatch, Table, TableDef, UnknownTable, histogram_type, validate_schema};
 
 /// The column every table is partitioned and pruned by.

@@ -8,13 +8,24 @@
 //! the validity left (1 s to 5 min), so a slow or failing bootstrap endpoint does not hold up
 //! every write; once the certificate has expired the call fails, so the agent waits and
 //! retries as for an unreachable appliance.
+//!
+//! Every batch written through a link carries a [`BatchKey`] (a producer id chosen at random
+//! when the link is made, and a sequence number per batch, see [`crate::key`]). A batch that
+//! was not acknowledged keeps its key: when the agent writes the same batch again (a clone of
+//! the same `RecordBatch`, as an outbox that keeps a batch until it is acknowledged does), the
+//! same key goes with it, so the appliance stores it once even if it had made it durable before
+//! the acknowledgement was lost.
 
 use crate::agent::Credentials;
 use crate::bootstrap::{BootstrapError, IssuedCertificate, request_certificate};
-use crate::{ClientError, ClientTls, IngestAck, IngestClient, Table, WriteError};
+use crate::{
+    BatchKey, ClientError, ClientTls, IngestAck, IngestClient, KeySource, ProducerId, Table,
+    WriteError, split_for_flight,
+};
 
 use arrow::array::RecordBatch;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// Why no certificate could be presented.
 #[derive(Debug, thiserror::Error)]
@@ -179,6 +190,28 @@ pub struct IngestLink {
     url: String,
     tls: AgentTls,
     client: Option<IngestClient>,
+    keys: KeySource,
+    /// The batches of the last write that were not acknowledged, with the keys they went with.
+    unacknowledged: Vec<Keyed>,
+}
+
+/// A batch as it was sent: its parts (one Flight message each) and their keys.
+#[derive(Debug, Clone)]
+struct Keyed {
+    table: Table,
+    batch: RecordBatch,
+    parts: Vec<(BatchKey, RecordBatch)>,
+}
+
+/// The same batch: a clone sharing every array (not merely equal rows, which two different
+/// batches may have).
+fn same_batch(a: &RecordBatch, b: &RecordBatch) -> bool {
+    a.num_rows() == b.num_rows()
+        && a.num_columns() == b.num_columns()
+        && a.columns()
+            .iter()
+            .zip(b.columns())
+            .all(|(x, y)| Arc::ptr_eq(x, y))
 }
 
 impl IngestLink {
@@ -188,12 +221,19 @@ impl IngestLink {
             url,
             tls: AgentTls::new(credentials),
             client: None,
+            keys: KeySource::new(),
+            unacknowledged: Vec::new(),
         }
     }
 
     /// The certificate state (for metrics).
     pub fn tls(&self) -> &AgentTls {
         &self.tls
+    }
+
+    /// The producer id this link's batches carry.
+    pub fn producer(&self) -> ProducerId {
+        self.keys.producer()
     }
 
     /// Drops the connection, so the next use reconnects.
@@ -223,21 +263,87 @@ impl IngestLink {
         Ok(self.client.as_mut().expect("connected"))
     }
 
-    /// Writes batches to `table` in one `DoPut` (see [`IngestClient::write`]); after a failure
-    /// the connection is dropped, so the next write reconnects.
+    /// Gives each batch its key: the one it was sent with last time if it is a batch of the
+    /// previous write that was not acknowledged, a new one otherwise. Keys must rise in the
+    /// order batches are sent (the appliance takes a key at or below the highest it stored for
+    /// a resend), so an old key is only reused before any new one and in its old order;
+    /// otherwise the batch gets a new key (it may then be stored twice, never lost).
+    fn keyed(&mut self, table: Table, batches: Vec<RecordBatch>) -> Vec<Keyed> {
+        let previous = std::mem::take(&mut self.unacknowledged);
+        let mut out: Vec<Keyed> = Vec::with_capacity(batches.len());
+        let mut last = 0u64;
+        let mut fresh = false;
+        for batch in batches {
+            if batch.num_rows() == 0 {
+                continue;
+            }
+            let again = previous.iter().find(|k| {
+                !fresh
+                    && k.table == table
+                    && same_batch(&k.batch, &batch)
+                    && k.parts.first().is_some_and(|(key, _)| key.sequence > last)
+            });
+            let keyed = match again {
+                Some(again) => again.clone(),
+                None => {
+                    fresh = true;
+                    let parts = split_for_flight(&batch)
+                        .into_iter()
+                        .map(|part| (self.keys.next_key(), part))
+                        .collect();
+                    Keyed {
+                        table,
+                        batch,
+                        parts,
+                    }
+                }
+            };
+            last = keyed.parts.last().map_or(last, |(key, _)| key.sequence);
+            out.push(keyed);
+        }
+        out
+    }
+
+    /// Writes batches to `table` in one `DoPut`, each with its key (see the module
+    /// documentation), and returns one acknowledgement per part (batches over 2 MiB go in
+    /// several parts). A batch that is not acknowledged keeps its key for the next write of
+    /// the same batch. After a failure the connection is dropped, so the next write
+    /// reconnects.
     pub async fn write(
         &mut self,
         table: Table,
         batches: Vec<RecordBatch>,
     ) -> Result<Vec<IngestAck>, LinkError> {
-        let client = self.connect().await?;
-        match client.write(table, batches).await {
-            Ok(acks) => Ok(acks),
+        let keyed = self.keyed(table, batches);
+        let client = match self.connect().await {
+            Ok(client) => client,
+            Err(error) => {
+                self.unacknowledged = keyed;
+                return Err(error);
+            }
+        };
+        let parts: Vec<(BatchKey, RecordBatch)> =
+            keyed.iter().flat_map(|k| k.parts.iter().cloned()).collect();
+        let total = parts.len();
+        let (acknowledged, result) = match client.write_keyed(table, parts).await {
+            Ok(acks) => (acks.len(), Ok(acks)),
             Err(error) => {
                 self.client = None;
-                Err(LinkError::Write(error))
+                (error.acknowledged.len(), Err(LinkError::Write(error)))
             }
+        };
+        if acknowledged < total {
+            // Keep the batches with a part beyond the acknowledged ones, keys and all.
+            let mut end = 0;
+            self.unacknowledged = keyed
+                .into_iter()
+                .filter(|k| {
+                    end += k.parts.len();
+                    end > acknowledged
+                })
+                .collect();
         }
+        result
     }
 }
 
@@ -372,6 +478,94 @@ mod tests {
             ..issued
         };
         assert_eq!(renew_at_ms(&day, 300_000), 57_700_000);
+    }
+
+    fn numbers(rows: i64) -> RecordBatch {
+        use arrow::array::Int64Array;
+        use arrow::datatypes::{DataType, Field, Schema};
+        RecordBatch::try_new(
+            Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)])),
+            vec![Arc::new(Int64Array::from_iter_values(0..rows))],
+        )
+        .unwrap()
+    }
+
+    fn sequences(keyed: &[Keyed]) -> Vec<u64> {
+        keyed
+            .iter()
+            .flat_map(|k| k.parts.iter().map(|(key, _)| key.sequence))
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_sent_again_keeps_its_key_and_new_batches_get_new_ones() {
+        let mut link = IngestLink::new("http://127.0.0.1:1".into(), Credentials::Insecure);
+        let (a, b, c) = (numbers(3), numbers(4), numbers(5));
+        let first = link.keyed(Table::Events, vec![a.clone(), numbers(0), b.clone()]);
+        assert_eq!(
+            sequences(&first),
+            vec![1, 2],
+            "no key for a batch without rows"
+        );
+        assert!(
+            first
+                .iter()
+                .all(|k| k.parts[0].0.producer == link.producer())
+        );
+
+        // Neither was acknowledged: the same batches (clones) go again with the same keys,
+        // then a new one.
+        link.unacknowledged = first;
+        let again = link.keyed(Table::Events, vec![a.clone(), b.clone(), c.clone()]);
+        assert_eq!(sequences(&again), vec![1, 2, 3]);
+
+        // Equal rows are not the same batch: a new batch with a's rows gets a new key.
+        link.unacknowledged = again.clone();
+        let lookalike = numbers(3);
+        assert_eq!(lookalike, a);
+        assert_eq!(
+            sequences(&link.keyed(Table::Events, vec![lookalike])),
+            vec![4]
+        );
+        // ...and the batches that were not written again are forgotten.
+        assert!(link.unacknowledged.is_empty());
+
+        // Keys must rise in the order sent: b before a would send 2 after 3 (the appliance
+        // would take a for a resend), so a gets a new key; so does anything after a new key.
+        link.unacknowledged = again.clone();
+        assert_eq!(
+            sequences(&link.keyed(Table::Events, vec![b.clone(), a.clone()])),
+            vec![2, 5]
+        );
+        link.unacknowledged = again;
+        assert_eq!(
+            sequences(&link.keyed(Table::Events, vec![numbers(1), c.clone()])),
+            vec![6, 7]
+        );
+        // The same batch for another table is another batch.
+        link.unacknowledged = link.keyed(Table::Events, vec![c.clone()]);
+        assert_eq!(sequences(&link.keyed(Table::Pods, vec![c])), vec![9]);
+    }
+
+    #[tokio::test]
+    async fn batches_not_delivered_keep_their_keys_for_the_next_write() {
+        // Nothing listens: the write fails before any batch is acknowledged.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut link = IngestLink::new(format!("http://127.0.0.1:{port}"), Credentials::Insecure);
+        let batch = numbers(10);
+        let err = link
+            .write(Table::Events, vec![batch.clone()])
+            .await
+            .unwrap_err();
+        assert!(matches!(err, LinkError::Connect(_)), "{err}");
+        assert_eq!(sequences(&link.unacknowledged), vec![1]);
+        let err = link.write(Table::Events, vec![batch]).await.unwrap_err();
+        assert!(matches!(err, LinkError::Connect(_)), "{err}");
+        assert_eq!(sequences(&link.unacknowledged), vec![1]);
     }
 
     #[tokio::test]
