@@ -26,6 +26,9 @@ enum Command {
     /// The write operator: recommendations as custom resources, applied within the limits
     /// of the user's Policies, rolled back when deleted or rejected, every action audited.
     Operator(tally_operator::OperatorArgs),
+    /// The operator's mutating admission webhook and its health check alone (the operator
+    /// serves them too with --webhook-listen): sets the resources of opted-in pods at creation.
+    Webhook(tally_operator::WebhookServerArgs),
     /// Prints the operator's CRDs (WorkloadRecommendation, NodeGroupRecommendation, Policy)
     /// as one multi-document YAML, or writes one file per CRD with --out.
     Crds(tally_operator::CrdsArgs),
@@ -47,6 +50,9 @@ fn main() -> ExitCode {
             Command::Netmon(args) => tally_netmon::run(args).await.map_err(|e| e.to_string()),
             Command::Collector(args) => tally_collector::run(args).await.map_err(|e| e.to_string()),
             Command::Operator(args) => tally_operator::run(args).await.map_err(|e| e.to_string()),
+            Command::Webhook(args) => tally_operator::run_webhook(args)
+                .await
+                .map_err(|e| e.to_string()),
             Command::Crds(args) => tally_operator::print_crds(args).map_err(|e| e.to_string()),
         }
     });

@@ -1,11 +1,12 @@
 //! The operator's own health: `/healthz`, `/readyz` (one full reconcile pass succeeded and
-//! the last one is recent) and Prometheus `/metrics`.
+//! the last one is recent; with the admission webhook on, its last health check passed) and
+//! Prometheus `/metrics`. When not ready, `/readyz` answers 503 with every reason, one a line.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
 use axum::Router;
 use axum::extract::State;
@@ -28,7 +29,22 @@ pub struct Metrics {
     pub last_success_ms: AtomicI64,
     /// How long a pass may be overdue before `/readyz` fails.
     pub stale_after_ms: AtomicI64,
+    /// `tally-agent webhook`: no reconcile passes, readiness is the webhook's alone.
+    pub webhook_only: AtomicBool,
+    /// The admission webhook's last health check (None: no webhook served).
+    pub webhook: Mutex<Option<WebhookHealth>>,
+    pub webhook_probes: AtomicU64,
+    pub webhook_probe_failures: AtomicU64,
     actions: Mutex<BTreeMap<(String, String), u64>>,
+    webhook_requests: Mutex<BTreeMap<String, u64>>,
+}
+
+/// The outcome of the admission webhook's last health check (a dry-run pod create).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebhookHealth {
+    pub healthy: bool,
+    /// Why not (empty when healthy).
+    pub reason: String,
 }
 
 impl Metrics {
@@ -42,10 +58,36 @@ impl Metrics {
             .or_insert(0) += 1;
     }
 
-    /// Ready: a pass succeeded, recently.
+    /// An admission request answered (`patched`, `unchanged`, `error`, `ignored`).
+    pub fn webhook_request(&self, result: &str) {
+        *self
+            .webhook_requests
+            .lock()
+            .unwrap()
+            .entry(result.to_string())
+            .or_insert(0) += 1;
+    }
+
+    /// Ready: a pass succeeded, recently (unless webhook-only), and the webhook, when
+    /// served, passed its last health check.
     pub fn ready(&self, now_ms: i64) -> bool {
+        self.not_ready(now_ms).is_empty()
+    }
+
+    /// Why the operator is not ready (empty: ready).
+    pub fn not_ready(&self, now_ms: i64) -> Vec<String> {
+        let mut reasons = Vec::new();
         let last = self.last_success_ms.load(Ordering::Relaxed);
-        last > 0 && now_ms - last <= self.stale_after_ms.load(Ordering::Relaxed)
+        let recent = last > 0 && now_ms - last <= self.stale_after_ms.load(Ordering::Relaxed);
+        if !recent && !self.webhook_only.load(Ordering::Relaxed) {
+            reasons.push("no recent successful reconcile pass".to_string());
+        }
+        if let Some(webhook) = self.webhook.lock().unwrap().as_ref()
+            && !webhook.healthy
+        {
+            reasons.push(format!("admission webhook: {}", webhook.reason));
+        }
+        reasons
     }
 
     pub fn render(&self) -> String {
@@ -121,6 +163,42 @@ impl Metrics {
                 "tally_operator_actions_total{{operation=\"{operation}\",result=\"{result}\"}} {n}"
             );
         }
+        let webhook = self.webhook.lock().unwrap().clone();
+        if let Some(webhook) = webhook {
+            let _ = writeln!(
+                out,
+                "# HELP tally_operator_webhook_healthy Whether the admission webhook answered its last dry-run probe (1) or not (0).\n# TYPE tally_operator_webhook_healthy gauge\ntally_operator_webhook_healthy {}",
+                u8::from(webhook.healthy)
+            );
+            for (name, help, value) in [
+                (
+                    "tally_operator_webhook_probes_total",
+                    "Dry-run probe pods created by the webhook's health check.",
+                    &self.webhook_probes,
+                ),
+                (
+                    "tally_operator_webhook_probe_failures_total",
+                    "Health checks that found the webhook not answering (or the probe refused).",
+                    &self.webhook_probe_failures,
+                ),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                    load(value)
+                );
+            }
+            let _ = writeln!(
+                out,
+                "# HELP tally_operator_webhook_requests_total Admission requests answered, by result (patched, unchanged, error, ignored).\n# TYPE tally_operator_webhook_requests_total counter"
+            );
+            for (result, n) in self.webhook_requests.lock().unwrap().iter() {
+                let _ = writeln!(
+                    out,
+                    "tally_operator_webhook_requests_total{{result=\"{result}\"}} {n}"
+                );
+            }
+        }
         out
     }
 }
@@ -135,13 +213,11 @@ pub fn router(metrics: Arc<Metrics>) -> Router {
 }
 
 async fn readyz(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
-    if metrics.ready(chrono::Utc::now().timestamp_millis()) {
-        (StatusCode::OK, "ok")
+    let reasons = metrics.not_ready(chrono::Utc::now().timestamp_millis());
+    if reasons.is_empty() {
+        (StatusCode::OK, "ok".to_string())
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no recent successful reconcile pass",
-        )
+        (StatusCode::SERVICE_UNAVAILABLE, reasons.join("\n"))
     }
 }
 
@@ -169,5 +245,38 @@ mod tests {
             m.render()
                 .contains("tally_operator_actions_total{operation=\"apply\",result=\"applied\"} 1")
         );
+        assert!(!m.render().contains("tally_operator_webhook_healthy"));
+    }
+
+    #[test]
+    fn a_failing_webhook_health_check_makes_it_not_ready_with_the_reason() {
+        let m = Metrics::default();
+        m.stale_after_ms.store(10_000, Ordering::Relaxed);
+        m.last_success_ms.store(1_000, Ordering::Relaxed);
+        *m.webhook.lock().unwrap() = Some(WebhookHealth {
+            healthy: false,
+            reason: "not probed yet".into(),
+        });
+        assert_eq!(m.not_ready(2_000), ["admission webhook: not probed yet"]);
+        assert!(m.render().contains("tally_operator_webhook_healthy 0"));
+        *m.webhook.lock().unwrap() = Some(WebhookHealth {
+            healthy: true,
+            reason: String::new(),
+        });
+        assert!(m.ready(2_000));
+        m.webhook_request("patched");
+        assert!(m.render().contains("tally_operator_webhook_healthy 1"));
+        assert!(
+            m.render()
+                .contains("tally_operator_webhook_requests_total{result=\"patched\"} 1")
+        );
+        // Webhook only: no reconcile pass is needed.
+        let w = Metrics::default();
+        w.webhook_only.store(true, Ordering::Relaxed);
+        *w.webhook.lock().unwrap() = Some(WebhookHealth {
+            healthy: true,
+            reason: String::new(),
+        });
+        assert!(w.ready(5_000));
     }
 }

@@ -12,7 +12,10 @@
 //!   appliance does not offer one yet, so the operator polls. `--namespace` limits it to
 //!   chosen namespaces.)
 //! - every decision goes to the appliance's `actions` table ([`appliance`]);
-//! - `/healthz`, `/readyz` and `/metrics` on `--listen` ([`health`]).
+//! - `/healthz`, `/readyz` and `/metrics` on `--listen` ([`health`]);
+//! - with `--webhook-listen`, the mutating admission webhook that sets the resources of
+//!   opted-in pods at creation, and its health check, reported by `/readyz` ([`webhook`]).
+//!   `tally-agent webhook` serves only the webhook and its health check (no appliance).
 //!
 //! Its ClusterRole is `agents/operator/rbac.yaml`.
 
@@ -22,9 +25,10 @@ pub mod health;
 pub mod policy;
 pub mod quantity;
 pub mod reconcile;
+pub mod webhook;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -58,6 +62,22 @@ pub struct OperatorArgs {
     /// Address of `/healthz`, `/readyz` and `/metrics`.
     #[arg(long, env = "TALLY_OPERATOR_LISTEN", default_value = "0.0.0.0:9091")]
     pub listen: SocketAddr,
+    /// The admission webhook (off unless --webhook-listen is given).
+    #[command(flatten)]
+    pub webhook: webhook::WebhookArgs,
+}
+
+/// Flags of `tally-agent webhook`: the admission webhook and its health check alone.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WebhookServerArgs {
+    /// A kubeconfig file (default: in-cluster configuration, or $KUBECONFIG).
+    #[arg(long, env = "TALLY_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Address of `/healthz`, `/readyz` and `/metrics`.
+    #[arg(long, env = "TALLY_OPERATOR_LISTEN", default_value = "0.0.0.0:9091")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub webhook: webhook::WebhookArgs,
 }
 
 /// Flags of `tally-agent crds`.
@@ -90,6 +110,8 @@ pub enum OperatorError {
     },
     #[error("cannot render the CRDs: {0}")]
     Render(String),
+    #[error("admission webhook: {0}")]
+    Webhook(#[from] webhook::WebhookError),
 }
 
 /// Parses `500ms`, `10s`, `5m`, `2h` (a bare number is seconds).
@@ -123,8 +145,8 @@ fn credentials(args: &OperatorArgs) -> Result<Credentials, OperatorError> {
     Ok(args.connection.credentials()?)
 }
 
-async fn kube_client(args: &OperatorArgs) -> Result<Client, OperatorError> {
-    let config = match &args.kubeconfig {
+async fn kube_client(kubeconfig: Option<&Path>) -> Result<Client, OperatorError> {
+    let config = match kubeconfig {
         Some(path) => {
             let kubeconfig = kube::config::Kubeconfig::read_from(path)
                 .map_err(|e| OperatorError::KubeConfig(format!("{}: {e}", path.display())))?;
@@ -169,7 +191,7 @@ pub fn print_crds(args: CrdsArgs) -> Result<(), OperatorError> {
 /// Runs the operator until SIGTERM or Ctrl-C.
 pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
     let credentials = credentials(&args)?;
-    let client = kube_client(&args).await?;
+    let client = kube_client(args.kubeconfig.as_deref()).await?;
     let metrics = Arc::new(Metrics::default());
     metrics.stale_after_ms.store(
         (args.poll_interval.as_millis() as i64) * 3 + 60_000,
@@ -196,6 +218,10 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
             tracing::error!(%error, "health listener stopped");
         }
     });
+    if let Some(listen) = args.webhook.webhook_listen {
+        let addr = webhook::start(client.clone(), metrics.clone(), &args.webhook, listen).await?;
+        println!("webhook listening {addr}");
+    }
 
     let mut reconciler = Reconciler {
         client,
@@ -237,5 +263,50 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
         }
     }
     tracing::info!("operator stopped");
+    Ok(())
+}
+
+/// Runs the admission webhook and its health check alone (`tally-agent webhook`) until
+/// SIGTERM or Ctrl-C: no appliance, no reconcile passes; `/readyz` is the webhook's health.
+pub async fn run_webhook(args: WebhookServerArgs) -> Result<(), OperatorError> {
+    let client = kube_client(args.kubeconfig.as_deref()).await?;
+    let metrics = Arc::new(Metrics::default());
+    metrics.webhook_only.store(true, Ordering::Relaxed);
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|source| OperatorError::Listen {
+            addr: args.listen,
+            source,
+        })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| OperatorError::Listen {
+            addr: args.listen,
+            source,
+        })?;
+    // The tests read the bound addresses from stdout.
+    println!("listening {addr}");
+    let router = health::router(metrics.clone());
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, router).await {
+            tracing::error!(%error, "health listener stopped");
+        }
+    });
+    let listen = args
+        .webhook
+        .webhook_listen
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 9443)));
+    let addr = webhook::start(client, metrics, &args.webhook, listen).await?;
+    println!("webhook listening {addr}");
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|source| OperatorError::Listen {
+            addr: args.listen,
+            source,
+        })?;
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("webhook stopped");
     Ok(())
 }

@@ -145,7 +145,7 @@ fn template_containers(workload: &DynamicObject) -> Vec<(usize, String, Option<V
         .unwrap_or_default()
 }
 
-fn read_resources(resources: Option<&Value>) -> Resources {
+pub(crate) fn read_resources(resources: Option<&Value>) -> Resources {
     let q = |section: &str, name: &str| {
         resources
             .and_then(|r| r[section][name].as_str())
@@ -161,7 +161,7 @@ fn read_resources(resources: Option<&Value>) -> Resources {
 
 /// The container's `resources` object with the planned values written in (other keys, such
 /// as ephemeral-storage, kept).
-fn write_resources(old: Option<&Value>, planned: &Resources) -> Value {
+pub(crate) fn write_resources(old: Option<&Value>, planned: &Resources) -> Value {
     let mut out = old.cloned().unwrap_or_else(|| json!({}));
     if !out.is_object() {
         out = json!({});
@@ -196,7 +196,7 @@ fn write_resources(old: Option<&Value>, planned: &Resources) -> Value {
 }
 
 /// Whether two `resources` objects mean the same (quantities compared by value).
-fn same_resources(a: Option<&Value>, b: Option<&Value>) -> bool {
+pub(crate) fn same_resources(a: Option<&Value>, b: Option<&Value>) -> bool {
     read_resources(a) == read_resources(b)
 }
 
