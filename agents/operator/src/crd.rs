@@ -306,6 +306,16 @@ pub struct NodeGroupRecommendationStatus {
     pub phase: Phase,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The Policy (or policies, joined by `+`) under which the nodes are drained.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// The nodes the operator cordoned (they were schedulable before), so rejecting or
+    /// deleting the recommendation makes exactly these schedulable again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cordoned: Vec<String>,
+    /// A key of the last outcome logged to the appliance's `actions` table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_logged: Option<String>,
 }
 
 /// Which workloads the operator may change, within which bounds, how fast and when.
@@ -370,6 +380,13 @@ pub struct PolicySpec {
     /// How a change reaches the pods.
     #[serde(default)]
     pub apply_method: ApplyMethod,
+    /// Node groups whose consolidation this policy covers: the operator cordons and drains
+    /// (through the eviction API, honouring PodDisruptionBudgets) the nodes their
+    /// NodeGroupRecommendations list, when the policy is auto-apply or a person approved
+    /// the recommendation (`spec.approval: Approved`), inside the time windows. Empty: no
+    /// node group; nodes are never cordoned or drained under this policy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub node_groups: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, JsonSchema)]

@@ -11,6 +11,12 @@
 //!   (The design wants the appliance to push recommendations over a gRPC server stream; the
 //!   appliance does not offer one yet, so the operator polls. `--namespace` limits it to
 //!   chosen namespaces.)
+//! - node groups a valid Policy names in `spec.nodeGroups` are cordoned and drained through
+//!   the eviction API, honouring PodDisruptionBudgets ([`drain`], [`evict`]); node drains
+//!   are cluster-wide, whatever `--namespace` says;
+//! - for policies with `applyMethod: webhook` the updater evicts, one pod per workload and
+//!   pass, running pods whose requests differ from the recommendation by more than
+//!   `--updater-threshold-percent` ([`updater`]);
 //! - every decision goes to the appliance's `actions` table ([`appliance`]);
 //! - `/healthz`, `/readyz` and `/metrics` on `--listen` ([`health`]);
 //! - with `--webhook-listen`, the mutating admission webhook that sets the resources of
@@ -21,10 +27,13 @@
 
 pub mod appliance;
 pub mod crd;
+pub mod drain;
+pub mod evict;
 pub mod health;
 pub mod policy;
 pub mod quantity;
 pub mod reconcile;
+pub mod updater;
 pub mod webhook;
 
 use std::net::SocketAddr;
@@ -62,6 +71,10 @@ pub struct OperatorArgs {
     /// Address of `/healthz`, `/readyz` and `/metrics`.
     #[arg(long, env = "TALLY_OPERATOR_LISTEN", default_value = "0.0.0.0:9091")]
     pub listen: SocketAddr,
+    /// The updater evicts a running pod of a webhook-applied workload when one of its
+    /// requests is further than this from the recommendation, in percent.
+    #[arg(long, env = "TALLY_UPDATER_THRESHOLD_PERCENT", default_value_t = 10.0)]
+    pub updater_threshold_percent: f64,
     /// The admission webhook (off unless --webhook-listen is given).
     #[command(flatten)]
     pub webhook: webhook::WebhookArgs,
@@ -229,6 +242,10 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
         metrics: metrics.clone(),
         dismissed: Default::default(),
         namespaces: args.namespaces.clone(),
+        drain: Default::default(),
+        updater: updater::Settings {
+            threshold_percent: args.updater_threshold_percent,
+        },
     };
     let mut backoff = Duration::from_millis(500);
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

@@ -84,6 +84,11 @@ pub fn validate(spec: &PolicySpec) -> Vec<String> {
             }
         }
     }
+    for (i, name) in spec.node_groups.iter().enumerate() {
+        if name.trim().is_empty() {
+            errors.push(format!("spec.nodeGroups[{i}]: must not be empty"));
+        }
+    }
     for (i, name) in spec.namespaces.iter().enumerate() {
         if name.trim().is_empty() {
             errors.push(format!("spec.namespaces[{i}]: must not be empty"));
@@ -380,6 +385,7 @@ mod tests {
             max_step_percent: None,
             windows: vec![],
             apply_method: Default::default(),
+            node_groups: vec![],
         }
     }
 

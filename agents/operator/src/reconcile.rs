@@ -55,6 +55,11 @@ pub struct Reconciler {
     pub dismissed: HashSet<String>,
     /// Only these namespaces (empty: every namespace).
     pub namespaces: Vec<String>,
+    /// What node drains and the updater remember between passes.
+    pub drain: crate::drain::State,
+    /// How far a running pod's requests may be from the recommendation before the updater
+    /// evicts it (webhook-method policies).
+    pub updater: crate::updater::Settings,
 }
 
 /// The name of a workload's recommendation: `deployment-web`.
@@ -83,8 +88,8 @@ pub fn node_group_name(group: &str) -> String {
     name.chars().take(253).collect()
 }
 
-/// What a NodeGroupRecommendation's status says while nothing acts on it.
-pub const NODE_GROUP_PENDING: &str = "the operator does not cordon or drain nodes yet: nothing is changed; remove the listed nodes yourself if you agree";
+/// What a NodeGroupRecommendation's status says while no Policy names its node group.
+pub const NODE_GROUP_PENDING: &str = "no Policy names this node group in spec.nodeGroups, so the operator does not cordon or drain its nodes: nothing is changed";
 
 fn workload_resource(kind: WorkloadKind) -> ApiResource {
     ApiResource {
@@ -119,10 +124,10 @@ fn spec_of(row: &WorkloadRow) -> WorkloadRecommendationSpec {
 }
 
 /// A policy with its checks done.
-struct Checked {
-    name: String,
-    policy: Policy,
-    valid: bool,
+pub(crate) struct Checked {
+    pub(crate) name: String,
+    pub(crate) policy: Policy,
+    pub(crate) valid: bool,
 }
 
 /// The `resources` of each container of a workload's pod template, by name, with its index.
@@ -302,23 +307,41 @@ impl Reconciler {
         }
 
         // Node groups the newest consolidation plan shrinks become NodeGroupRecommendation
-        // objects (cluster-scoped). Cordon and drain are not built: they stay Pending.
-        match self.appliance.node_groups().await {
+        // objects (cluster-scoped), except those a person deleted for this run; they are
+        // drained below when a Policy names their group (crate::drain).
+        let plan = match self.appliance.node_groups().await {
             Ok(groups) => {
+                let mut dismissed_groups = HashSet::new();
+                let runs: HashSet<&str> = groups.iter().map(|g| g.run_id.as_str()).collect();
+                for run in runs {
+                    dismissed_groups.extend(self.appliance.dismissed(run).await?);
+                }
+                let groups: Vec<NodeGroupRow> = groups
+                    .into_iter()
+                    .filter(|g| {
+                        let id = crate::drain::node_group_id(&g.run_id, &g.node_group);
+                        !dismissed_groups.contains(&id) && !self.dismissed.contains(&id)
+                    })
+                    .collect();
                 for group in &groups {
                     if let Err(error) = self.apply_node_group(group).await {
                         self.metrics.errors.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(node_group = %group.node_group, %error, "cannot apply the node group recommendation");
                     }
                 }
+                Some(groups)
             }
             Err(error) => {
                 self.metrics.errors.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(%error, "cannot read the consolidation plan");
+                None
             }
-        }
+        };
 
         let policies = self.check_policies().await?;
+        if let Some(plan) = &plan {
+            self.drain_node_groups(plan, &policies, now).await?;
+        }
         let mut namespace_labels: HashMap<String, BTreeMap<String, String>> = HashMap::new();
         for wr in self.list_recommendations().await? {
             let ns = wr.namespace().unwrap_or_default();
@@ -380,6 +403,7 @@ impl Reconciler {
             let status = NodeGroupRecommendationStatus {
                 phase: Phase::Pending,
                 message: Some(NODE_GROUP_PENDING.to_string()),
+                ..Default::default()
             };
             api.patch_status(
                 &name,
@@ -558,7 +582,7 @@ impl Reconciler {
         Ok(())
     }
 
-    fn count(&self, actions: &[ActionRow]) {
+    pub(crate) fn count(&self, actions: &[ActionRow]) {
         for a in actions {
             self.metrics.action(&a.operation, &a.result);
         }
@@ -724,29 +748,32 @@ impl Reconciler {
             .join("+");
         let actor = format!("policy/{names} (auto-apply)");
 
-        if old.phase == Phase::Applied && old.applied_run_id.as_deref() == Some(run.as_str()) {
+        // Through the webhook the workload is never written; the updater (crate::updater)
+        // replaces running pods that differ, every pass, so there is no early return.
+        let webhook = covering
+            .iter()
+            .any(|p| p.policy.spec.apply_method == crate::crd::ApplyMethod::Webhook);
+        let applied_now =
+            old.phase == Phase::Applied && old.applied_run_id.as_deref() == Some(run.as_str());
+        if applied_now && !webhook {
             return Ok(Outcome {
                 status: old.clone(),
                 action: None,
-            });
-        }
-        if covering
-            .iter()
-            .any(|p| p.policy.spec.apply_method == crate::crd::ApplyMethod::Webhook)
-        {
-            let message = format!(
-                "policy {names} applies at pod creation through the admission webhook, which this operator does not run yet: nothing is changed"
-            );
-            let action = Self::action(wr, "defer", actor, Some(&names), "skipped", &message);
-            return Ok(Outcome {
-                status: keep(Phase::Approved, message, Some(names.clone())),
-                action: Some((format!("{run}:webhook:{names}"), action)),
             });
         }
         if !covering
             .iter()
             .all(|p| policy::in_window(&p.policy.spec.windows, now))
         {
+            if applied_now {
+                let message = format!(
+                    "applied at pod creation by policy {names}; outside its time window the updater evicts no pod"
+                );
+                return Ok(Outcome {
+                    status: keep(Phase::Applied, message, Some(names.clone())),
+                    action: None,
+                });
+            }
             let message = format!("approved by policy {names}; waiting for its time window");
             let action = Self::action(wr, "defer", actor, Some(&names), "deferred", &message);
             return Ok(Outcome {
@@ -787,6 +814,23 @@ impl Reconciler {
         }
         let mut status = old.clone();
         status.policy = Some(names.clone());
+        if webhook {
+            let applies = format!(
+                "policy {names} sets these requests at pod creation through the admission webhook (the workload spec is not written)"
+            );
+            let update = self
+                .update_pods(wr, &workload, &applied, &actor, &names, now)
+                .await?;
+            status.phase = Phase::Applied;
+            status.applied_run_id = Some(run.clone());
+            status.applied = applied;
+            status.message = Some(format!("{applies}; {update}"));
+            let action = Self::action(wr, "apply", actor, Some(&names), "applied", &applies);
+            return Ok(Outcome {
+                status,
+                action: Some((format!("{run}:webhook:{names}"), action)),
+            });
+        }
         if changes.is_empty() {
             status.phase = Phase::Applied;
             status.applied_run_id = Some(run.clone());
