@@ -1,13 +1,16 @@
 //! The appliance's Arrow Flight endpoint, one port for two jobs:
 //! - ingest: `DoPut` with a path descriptor naming the table; one `PutResult` per batch once
-//!   it is durable, carrying an [`tally_wire::IngestAck`];
+//!   it is durable, carrying an [`tally_wire::IngestAck`]. A record-batch message may carry a
+//!   [`tally_wire::BatchKey`] (JSON) in its `app_metadata`: a batch whose key is durable
+//!   already is acknowledged again (`duplicate: true`) and not stored twice. Messages without
+//!   `app_metadata` are stored as they come (no deduplication);
 //! - Flight SQL: statement queries under the same read-only rules as the HTTP SQL API, so
 //!   ADBC/JDBC clients and tools such as DBeaver can query Tally.
 
 use std::pin::Pin;
 use std::sync::Arc;
 
-use arrow_flight::decode::FlightRecordBatchStream;
+use arrow_flight::decode::{DecodedPayload, FlightDataDecoder};
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_descriptor::DescriptorType;
@@ -20,7 +23,7 @@ use futures::{FutureExt, Stream, StreamExt, TryStreamExt};
 use prost::Message;
 use tally_query::{QueryEngine, QueryError};
 use tally_store::{Store, StoreError};
-use tally_wire::Table;
+use tally_wire::{BatchKey, Table};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
@@ -110,16 +113,17 @@ impl FlightSqlService for ApplianceFlight {
         let flights = stream
             .into_peekable()
             .map_err(|status| FlightError::Tonic(Box::new(status)));
-        let mut batches = FlightRecordBatchStream::new_from_flight_data(flights);
+        let mut messages = FlightDataDecoder::new(flights);
         let store = self.store.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         tokio::spawn(async move {
             let mut written = 0usize;
+            let mut had_schema = false;
             loop {
                 // Arrow's IPC decoder panics on some malformed input (slice asserts,
                 // `unimplemented!` for unknown types) instead of returning an error: catch it,
                 // so the client gets a clear refusal rather than a stream that ends without one.
-                let next = match std::panic::AssertUnwindSafe(batches.next())
+                let next = match std::panic::AssertUnwindSafe(messages.next())
                     .catch_unwind()
                     .await
                 {
@@ -158,16 +162,36 @@ impl FlightSqlService for ApplianceFlight {
                     }
                 };
                 let result = match next {
-                    Ok(batch) => store
-                        .write(table, batch)
-                        .await
-                        .map(|ack| PutResult {
-                            app_metadata: ack.to_bytes().into(),
-                        })
-                        .map_err(|e| {
-                            tracing::warn!(%table, error = %e, "write refused");
-                            store_status(e)
-                        }),
+                    Ok(message) => match message.payload {
+                        DecodedPayload::Schema(_) if had_schema => {
+                            Err(Status::invalid_argument(format!(
+                                "malformed Arrow IPC data for table `{table}`: more than one schema message in one DoPut"
+                            )))
+                        }
+                        DecodedPayload::Schema(_) => {
+                            had_schema = true;
+                            continue;
+                        }
+                        DecodedPayload::None => continue,
+                        DecodedPayload::RecordBatch(batch) => {
+                            match BatchKey::from_app_metadata(&message.inner.app_metadata) {
+                                Ok(key) => store
+                                    .write_keyed(table, batch, key)
+                                    .await
+                                    .map(|ack| PutResult {
+                                        app_metadata: ack.to_bytes().into(),
+                                    })
+                                    .map_err(|e| {
+                                        tracing::warn!(%table, error = %e, "write refused");
+                                        store_status(e)
+                                    }),
+                                Err(e) => Err(Status::invalid_argument(format!(
+                                    "the app_metadata of a record batch for table `{table}` is not a batch key \
+                                     ({{\"producer\":\"<32 hex digits>\",\"sequence\":N}}) nor empty: {e}"
+                                ))),
+                            }
+                        }
+                    },
                     Err(FlightError::Tonic(status)) => Err(*status),
                     Err(e) => Err(Status::invalid_argument(format!(
                         "malformed Arrow IPC data for table `{table}`: {e}"

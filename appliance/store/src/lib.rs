@@ -8,7 +8,12 @@
 //! ([`rollup`]) and truncates the WAL. Compaction merges small files of a partition and retention
 //! drops whole partitions. Queries see the hot buffer and the Parquet files through one
 //! DataFusion `TableProvider` per table ([`provider`]).
+//!
+//! A batch written with a key ([`Store::write_keyed`], `tally_wire::BatchKey`) is stored once:
+//! a resend of a key already durable is acknowledged as a duplicate without storing its rows
+//! again, across crashes and flushes, for a day after the producer's last batch ([`dedupe`]).
 
+mod dedupe;
 mod error;
 mod functions;
 pub mod histogram;

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use tally_wire::Table;
 
 use crate::StoreError;
+use crate::dedupe::KeyStamp;
 use crate::wal::sync_dir;
 
 const NAME: &str = "manifest.json";
@@ -26,6 +27,10 @@ pub(crate) struct Manifest {
     /// were replaced.
     #[serde(default)]
     pub pending_deletes: Vec<PendingDelete>,
+    /// Per producer, the highest batch key made durable (as of the flush that wrote this
+    /// manifest), so a resend is recognised after the WAL records carrying the keys are gone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub producers: Vec<KeyStamp>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -110,9 +115,28 @@ mod tests {
             bytes: 100,
         });
         m.store(dir.path()).unwrap();
+        m.producers.push(KeyStamp {
+            producer: tally_wire::ProducerId(0x1f),
+            sequence: 12,
+            seen_ms: 1_767_225_660_000,
+        });
+        m.store(dir.path()).unwrap();
         let back = Manifest::load(dir.path()).unwrap();
         assert_eq!(back.wal_through, 9);
         assert_eq!(back.files, m.files);
+        assert_eq!(back.producers, m.producers);
+        let text = fs::read_to_string(Manifest::path(dir.path())).unwrap();
+        assert!(
+            text.contains(r#""producers":[{"producer":"0000000000000000000000000000001f","sequence":12,"seen_ms":1767225660000}]"#),
+            "{text}"
+        );
+        // A manifest from before batch keys reads with none.
+        fs::write(
+            Manifest::path(dir.path()),
+            br#"{"version":3,"wal_through":9,"files":[]}"#,
+        )
+        .unwrap();
+        assert!(Manifest::load(dir.path()).unwrap().producers.is_empty());
         assert!(!dir.path().join("manifest.json.tmp").exists());
 
         fs::write(Manifest::path(dir.path()), b"{not json").unwrap();

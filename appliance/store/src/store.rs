@@ -14,10 +14,11 @@ use futures::TryStreamExt;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
-use tally_wire::{IngestAck, Table, validate_schema};
+use tally_wire::{BatchKey, IngestAck, Table, validate_schema};
 use tokio::sync::{Notify, oneshot};
 
 use crate::StoreError;
+use crate::dedupe::{KeyStamp, Producers};
 use crate::manifest::{FileEntry, Manifest};
 use crate::persist::{self, HOUR_MS, split_by_hour, time_range};
 use crate::provider::{StoreTable, TimeRange};
@@ -50,6 +51,11 @@ pub struct StoreConfig {
     pub retention: BTreeMap<Table, Duration>,
     /// Batches with more rows are refused.
     pub max_batch_rows: usize,
+    /// How long the store remembers a producer's batch keys after its last batch: a resend
+    /// within this window is recognised and stored once; after it, stored again.
+    pub dedupe_window: Duration,
+    /// At most this many producers are remembered; beyond it the longest idle are forgotten.
+    pub max_producers: usize,
     /// Run flush and maintenance in the background (off in tests that drive them by hand).
     pub background: bool,
 }
@@ -81,6 +87,8 @@ impl StoreConfig {
             delete_grace: Duration::from_secs(120),
             retention: Self::default_retention(),
             max_batch_rows: 1_000_000,
+            dedupe_window: DAY,
+            max_producers: 100_000,
             background: true,
         }
     }
@@ -116,6 +124,11 @@ pub struct StoreStats {
     pub files: u64,
     pub parquet_bytes: u64,
     pub replayed_rows: u64,
+    /// Batches sent again with a key already durable: acknowledged, not stored again.
+    pub duplicate_batches: u64,
+    pub duplicate_rows: u64,
+    /// Producers whose batch keys are remembered.
+    pub producers: u64,
 }
 
 #[derive(Clone)]
@@ -173,16 +186,32 @@ impl Shared {
     }
 }
 
+/// What became of an append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Appended {
+    /// Durable under this WAL sequence number.
+    Stored(u64),
+    /// Its key was durable already: nothing was written.
+    Duplicate,
+}
+
+/// What a freeze answers: the last sequence number in the closed segments, the first of the
+/// new one, and the batch keys durable so far (for the manifest).
+struct Frozen {
+    through: u64,
+    active_first: u64,
+    producers: Vec<KeyStamp>,
+}
+
 enum Request {
     Append {
         record: EncodedBatch,
         batch: HotBatch,
-        ack: oneshot::Sender<Result<u64, StoreError>>,
+        ack: oneshot::Sender<Result<Appended, StoreError>>,
     },
-    /// Rotate the log and move the hot buffer to `flushing`; answers (last sequence number
-    /// in the closed segments, first of the new one).
+    /// Rotate the log and move the hot buffer to `flushing`.
     Freeze {
-        ack: oneshot::Sender<Result<(u64, u64), StoreError>>,
+        ack: oneshot::Sender<Result<Frozen, StoreError>>,
     },
 }
 
@@ -194,6 +223,8 @@ struct Counters {
     flushes: AtomicU64,
     compactions: AtomicU64,
     replayed_rows: AtomicU64,
+    duplicate_batches: AtomicU64,
+    duplicate_rows: AtomicU64,
 }
 
 /// The storage engine. See the crate documentation for the write path.
@@ -217,6 +248,8 @@ pub struct Store {
     stop: tokio::sync::watch::Sender<bool>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     counters: Arc<Counters>,
+    /// The batch keys made durable; the writer thread checks and records them at commit.
+    producers: Arc<Mutex<Producers>>,
 }
 
 impl Store {
@@ -242,20 +275,30 @@ impl Store {
         remove_unpublished(&object_store, &mut manifest, &data_dir).await?;
 
         let mut visible = Visible::default();
+        let mut producers = Producers::new(config.dedupe_window, config.max_producers);
+        for stamp in &manifest.producers {
+            producers.record(*stamp);
+        }
         let replay = {
             let wal_dir = wal_dir.clone();
             let after = manifest.wal_through;
             tokio::task::spawn_blocking(move || {
                 let mut batches = Vec::new();
-                let stats = wal::replay(&wal_dir, after, |_, table, batch| {
-                    batches.push((table, batch))
-                })?;
-                Ok::<_, StoreError>((stats, batches))
+                let stats = wal::replay(
+                    &wal_dir,
+                    after,
+                    |key| producers.record(key),
+                    |_, table, batch| batches.push((table, batch)),
+                )?;
+                Ok::<_, StoreError>((stats, batches, producers))
             })
             .await
             .expect("replay task panicked")?
         };
-        let (stats, batches): (ReplayStats, Vec<(Table, RecordBatch)>) = replay;
+        let (stats, batches, mut producers): (ReplayStats, Vec<(Table, RecordBatch)>, Producers) =
+            replay;
+        producers.expire(now_ms());
+        let producers = Arc::new(Mutex::new(producers));
         for (table, batch) in batches {
             if let Some(hot) = hot_batch(batch) {
                 visible.hot_rows += hot.batch.num_rows();
@@ -283,9 +326,10 @@ impl Store {
         let thread = {
             let shared = shared.clone();
             let counters = counters.clone();
+            let producers = producers.clone();
             std::thread::Builder::new()
                 .name("tally-wal".into())
-                .spawn(move || run_writer(writer, rx, shared, counters))
+                .spawn(move || run_writer(writer, rx, shared, counters, producers))
                 .map_err(|e| StoreError::io(&wal_dir, e))?
         };
         let (stop, _) = tokio::sync::watch::channel(false);
@@ -305,6 +349,7 @@ impl Store {
             stop,
             tasks: Mutex::new(Vec::new()),
             counters,
+            producers,
         });
         if store.config.background {
             store.start_background();
@@ -318,7 +363,20 @@ impl Store {
 
     /// Validates a batch, makes it durable and visible, and acknowledges it. When this
     /// returns `Ok`, the rows are fsynced in the write-ahead log and every query sees them.
+    /// Without a key, so a batch written twice is stored twice (see [`Store::write_keyed`]).
     pub async fn write(&self, table: Table, batch: RecordBatch) -> Result<IngestAck, StoreError> {
+        self.write_keyed(table, batch, None).await
+    }
+
+    /// [`Store::write`] for a batch with the key its sender gave it: when a batch with this
+    /// key was made durable before (also before a crash or a flush), the batch is
+    /// acknowledged again with `duplicate: true` and its rows are not stored a second time.
+    pub async fn write_keyed(
+        &self,
+        table: Table,
+        batch: RecordBatch,
+        key: Option<BatchKey>,
+    ) -> Result<IngestAck, StoreError> {
         validate_schema(table, &batch.schema())?;
         if batch.num_rows() > self.config.max_batch_rows {
             return Err(StoreError::InvalidBatch {
@@ -338,6 +396,19 @@ impl Store {
                 }
             })?;
         let rows = batch.num_rows() as u64;
+        let duplicate = IngestAck {
+            rows,
+            sequence: 0,
+            duplicate: true,
+        };
+        // A resend of a durable key needs neither room nor the log (the writer checks again
+        // at commit, where it counts).
+        if let Some(key) = &key
+            && self.producers.lock().expect("lock").is_duplicate(key)
+        {
+            self.duplicate(rows);
+            return Ok(duplicate);
+        }
         self.wait_for_room().await?;
         let Some(hot) = hot_batch(batch) else {
             return Ok(IngestAck {
@@ -346,7 +417,8 @@ impl Store {
                 duplicate: false,
             });
         };
-        let record = wal::encode(table, &hot.batch)?;
+        let key = key.map(|key| KeyStamp::new(key, now_ms()));
+        let record = wal::encode(table, &hot.batch, key)?;
         let (ack, done) = oneshot::channel();
         {
             let requests = self.requests.lock().expect("lock");
@@ -359,7 +431,13 @@ impl Store {
                 })
                 .map_err(|_| StoreError::Closed)?;
         }
-        let sequence = done.await.map_err(|_| StoreError::Closed)??;
+        let sequence = match done.await.map_err(|_| StoreError::Closed)?? {
+            Appended::Stored(sequence) => sequence,
+            Appended::Duplicate => {
+                self.duplicate(rows);
+                return Ok(duplicate);
+            }
+        };
         if self.hot_rows() >= self.config.flush_rows {
             self.flush_wanted.notify_one();
         }
@@ -368,6 +446,15 @@ impl Store {
             sequence,
             duplicate: false,
         })
+    }
+
+    fn duplicate(&self, rows: u64) {
+        self.counters
+            .duplicate_batches
+            .fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .duplicate_rows
+            .fetch_add(rows, Ordering::Relaxed);
     }
 
     /// Backpressure: waits while the hot buffer is over `max_hot_rows`, asking for a flush.
@@ -443,6 +530,9 @@ impl Store {
             files: visible.manifest.files.len() as u64,
             parquet_bytes: visible.manifest.files.iter().map(|f| f.bytes).sum(),
             replayed_rows: c.replayed_rows.load(Ordering::Relaxed),
+            duplicate_batches: c.duplicate_batches.load(Ordering::Relaxed),
+            duplicate_rows: c.duplicate_rows.load(Ordering::Relaxed),
+            producers: self.producers.lock().expect("lock").len() as u64,
         }
     }
 
@@ -462,7 +552,11 @@ impl Store {
     /// Returns the number of rows flushed.
     pub async fn flush(&self) -> Result<u64, StoreError> {
         let _one_at_a_time = self.flushing.lock().await;
-        let (through, active_first) = self.freeze().await?;
+        let Frozen {
+            through,
+            active_first,
+            producers,
+        } = self.freeze().await?;
         let flushing: Vec<(Table, Vec<RecordBatch>)> = {
             let visible = self.shared.visible.read().expect("lock");
             let mut tables: Vec<_> = visible
@@ -493,6 +587,9 @@ impl Store {
             manifest.version += 1;
             manifest.wal_through = manifest.wal_through.max(through);
             manifest.files.extend(new_files.iter().cloned());
+            // Every key of the records through `through` is in here (and maybe a few later
+            // ones, which are durable too), so the WAL can go.
+            manifest.producers = producers;
             if let Err(error) = self.publish_manifest(manifest, true).await {
                 self.discard(&new_files).await;
                 return Err(error);
@@ -576,7 +673,7 @@ impl Store {
         Ok(())
     }
 
-    async fn freeze(&self) -> Result<(u64, u64), StoreError> {
+    async fn freeze(&self) -> Result<Frozen, StoreError> {
         let (ack, done) = oneshot::channel();
         {
             let requests = self.requests.lock().expect("lock");
@@ -829,6 +926,7 @@ fn run_writer(
     requests: mpsc::Receiver<Request>,
     shared: Arc<Shared>,
     counters: Arc<Counters>,
+    producers: Arc<Mutex<Producers>>,
 ) {
     let mut poisoned: Option<String> = None;
     while let Ok(first) = requests.recv() {
@@ -844,28 +942,45 @@ fn run_writer(
             match request {
                 Request::Append { record, batch, ack } => appends.push((record, batch, ack)),
                 Request::Freeze { ack } => {
-                    commit(&mut wal, &mut appends, &shared, &counters, &mut poisoned);
-                    let _ = ack.send(freeze(&mut wal, &shared));
+                    commit(
+                        &mut wal,
+                        &mut appends,
+                        &shared,
+                        &counters,
+                        &producers,
+                        &mut poisoned,
+                    );
+                    let _ = ack.send(freeze(&mut wal, &shared, &producers));
                 }
             }
         }
-        commit(&mut wal, &mut appends, &shared, &counters, &mut poisoned);
+        commit(
+            &mut wal,
+            &mut appends,
+            &shared,
+            &counters,
+            &producers,
+            &mut poisoned,
+        );
     }
 }
 
 type Pending = (
     EncodedBatch,
     HotBatch,
-    oneshot::Sender<Result<u64, StoreError>>,
+    oneshot::Sender<Result<Appended, StoreError>>,
 );
 
 /// One group commit: one write and one fsync for every waiting batch, then the batches
-/// become visible, then they are acknowledged.
+/// become visible, then they are acknowledged. A batch whose key is durable already is
+/// acknowledged as a duplicate and not written; one whose key an earlier batch of the same
+/// group carries shares that batch's fate.
 fn commit(
     wal: &mut WalWriter,
     appends: &mut Vec<Pending>,
     shared: &Shared,
     counters: &Counters,
+    producers: &Mutex<Producers>,
     poisoned: &mut Option<String>,
 ) {
     if appends.is_empty() {
@@ -875,6 +990,43 @@ fn commit(
         for (_, _, ack) in appends.drain(..) {
             let _ = ack.send(Err(StoreError::Poisoned(reason.clone())));
         }
+        return;
+    }
+    let mut known = producers.lock().expect("lock");
+    let mut in_group: HashMap<tally_wire::ProducerId, u64> = HashMap::new();
+    let mut resent_in_group = Vec::new();
+    let mut index = 0;
+    while index < appends.len() {
+        let Some(key) = appends[index].0.key else {
+            index += 1;
+            continue;
+        };
+        let batch_key = BatchKey {
+            producer: key.producer,
+            sequence: key.sequence,
+        };
+        if known.is_duplicate(&batch_key) {
+            let (_, _, ack) = appends.remove(index);
+            let _ = ack.send(Ok(Appended::Duplicate));
+            known.record(key);
+            continue;
+        }
+        match in_group.get_mut(&key.producer) {
+            Some(highest) if key.sequence <= *highest => {
+                resent_in_group.push(appends.remove(index).2);
+                continue;
+            }
+            Some(highest) => *highest = key.sequence,
+            None => {
+                in_group.insert(key.producer, key.sequence);
+            }
+        }
+        index += 1;
+    }
+    // Only this thread records keys: the lock can go while the group is written, so that
+    // writers checking for a resend do not wait for the fsync.
+    drop(known);
+    if appends.is_empty() {
         return;
     }
     let records: Vec<&EncodedBatch> = appends.iter().map(|(r, _, _)| r).collect();
@@ -893,6 +1045,14 @@ fn commit(
                 }
             }
             counters.wal_bytes.fetch_add(bytes, Ordering::Relaxed);
+            {
+                let mut producers = producers.lock().expect("lock");
+                for (record, _, _) in appends.iter() {
+                    if let Some(key) = record.key {
+                        producers.record(key);
+                    }
+                }
+            }
             for ((_, batch, ack), seq) in appends.drain(..).zip(seqs) {
                 counters
                     .acknowledged_rows
@@ -900,7 +1060,10 @@ fn commit(
                 counters
                     .acknowledged_batches
                     .fetch_add(1, Ordering::Relaxed);
-                let _ = ack.send(Ok(seq));
+                let _ = ack.send(Ok(Appended::Stored(seq)));
+            }
+            for ack in resent_in_group {
+                let _ = ack.send(Ok(Appended::Duplicate));
             }
         }
         Err(error) => {
@@ -911,7 +1074,8 @@ fn commit(
             let message = error.to_string();
             let no_space = matches!(error, StoreError::NoSpace { .. });
             let mut first = Some(error);
-            for (_, _, ack) in appends.drain(..) {
+            let acks = appends.drain(..).map(|(_, _, ack)| ack);
+            for ack in acks.chain(resent_in_group) {
                 let error = first
                     .take()
                     .unwrap_or_else(|| replicate(no_space, &message));
@@ -936,13 +1100,32 @@ fn replicate(no_space: bool, message: &str) -> StoreError {
     }
 }
 
-fn freeze(wal: &mut WalWriter, shared: &Shared) -> Result<(u64, u64), StoreError> {
+fn freeze(
+    wal: &mut WalWriter,
+    shared: &Shared,
+    producers: &Mutex<Producers>,
+) -> Result<Frozen, StoreError> {
     let through = wal.rotate()?;
+    let producers = {
+        let mut producers = producers.lock().expect("lock");
+        let forgotten = producers.expire(now_ms());
+        if forgotten > 0 {
+            tracing::info!(
+                forgotten,
+                "forgot the batch keys of producers idle for longer than the deduplication window"
+            );
+        }
+        producers.stamps()
+    };
     let mut visible = shared.visible.write().expect("lock");
     let hot = std::mem::take(&mut visible.hot);
     for (table, batches) in hot {
         visible.flushing.entry(table).or_default().extend(batches);
     }
     visible.hot_rows = 0;
-    Ok((through, wal.next_seq()))
+    Ok(Frozen {
+        through,
+        active_first: wal.next_seq(),
+        producers,
+    })
 }

@@ -119,6 +119,7 @@ async fn rows_are_visible_once_before_and_after_a_flush() {
         crate::wal::replay(
             &dir.path().join("wal"),
             store.shared.manifest().wal_through,
+            |_| {},
             |_, _, _| {}
         )
         .unwrap()
@@ -431,4 +432,149 @@ async fn writes_wait_for_flushes_when_the_hot_buffer_is_full_and_refuse_when_non
     );
     assert_eq!(store.stats().acknowledged_rows, 150);
     store.close().await.unwrap();
+}
+
+fn key(producer: u128, sequence: u64) -> Option<tally_wire::BatchKey> {
+    Some(tally_wire::BatchKey {
+        producer: tally_wire::ProducerId(producer),
+        sequence,
+    })
+}
+
+async fn usage_rows(store: &Store) -> String {
+    scalar(
+        &store.session().unwrap(),
+        "SELECT count(*) || '/' || count(DISTINCT pod || CAST(time AS VARCHAR)) FROM container_usage",
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_batch_resent_with_its_key_is_stored_once_across_a_crash_and_a_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = || minutes("a", DAY0, 30);
+    let b = || minutes("b", DAY0, 20);
+    {
+        let store = Store::open(config(dir.path())).await.unwrap();
+        let first = store
+            .write_keyed(Table::ContainerUsage, a(), key(7, 1))
+            .await
+            .unwrap();
+        assert!(!first.duplicate && first.sequence > 0 && first.rows == 30);
+        let again = store
+            .write_keyed(Table::ContainerUsage, a(), key(7, 1))
+            .await
+            .unwrap();
+        assert_eq!((again.rows, again.sequence, again.duplicate), (30, 0, true));
+        assert_eq!(usage_rows(&store).await, "30/30");
+        // Another producer's sequence 1 is another batch; so is a batch without a key.
+        let other = store
+            .write_keyed(Table::ContainerUsage, b(), key(8, 1))
+            .await
+            .unwrap();
+        assert!(!other.duplicate);
+        assert_eq!(usage_rows(&store).await, "50/50");
+        let stats = store.stats();
+        assert_eq!((stats.duplicate_batches, stats.duplicate_rows), (1, 30));
+        assert_eq!(stats.producers, 2);
+        // Dropped without close: like a crash, nothing is flushed.
+    }
+
+    // After the crash the keys come back from the WAL.
+    let store = Store::open(config(dir.path())).await.unwrap();
+    assert_eq!(store.stats().replayed_rows, 50);
+    let again = store
+        .write_keyed(Table::ContainerUsage, a(), key(7, 1))
+        .await
+        .unwrap();
+    assert!(again.duplicate);
+    assert_eq!(usage_rows(&store).await, "50/50");
+    let next = store
+        .write_keyed(Table::ContainerUsage, minutes("c", DAY0, 10), key(7, 2))
+        .await
+        .unwrap();
+    assert!(!next.duplicate);
+
+    // Flushed to Parquet (the WAL segments go) and crashed again: the keys come back from
+    // the manifest.
+    store.flush().await.unwrap();
+    drop(store);
+    let store = Store::open(config(dir.path())).await.unwrap();
+    assert_eq!(store.stats().replayed_rows, 0, "nothing left in the WAL");
+    for (batch, k) in [(a(), key(7, 1)), (b(), key(8, 1))] {
+        let ack = store
+            .write_keyed(Table::ContainerUsage, batch, k)
+            .await
+            .unwrap();
+        assert!(ack.duplicate, "{k:?}");
+    }
+    assert_eq!(usage_rows(&store).await, "60/60");
+    // Without a key the same rows are stored again: no deduplication for old clients.
+    store.write(Table::ContainerUsage, a()).await.unwrap();
+    assert_eq!(usage_rows(&store).await, "90/60");
+}
+
+#[tokio::test]
+async fn concurrent_copies_of_one_keyed_batch_are_stored_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(config(dir.path())).await.unwrap();
+    // Twenty copies at once land in the same group commit or in consecutive ones.
+    let writes: Vec<_> = (0..20)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .write_keyed(Table::ContainerUsage, minutes("a", DAY0, 30), key(9, 4))
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut stored = 0;
+    for write in writes {
+        if !write.await.unwrap().duplicate {
+            stored += 1;
+        }
+    }
+    assert_eq!(stored, 1);
+    assert_eq!(store.stats().duplicate_batches, 19);
+    assert_eq!(usage_rows(&store).await, "30/30");
+    // A lower sequence of the same producer counts as sent before.
+    assert!(
+        store
+            .write_keyed(Table::ContainerUsage, minutes("b", DAY0, 5), key(9, 3))
+            .await
+            .unwrap()
+            .duplicate
+    );
+}
+
+#[tokio::test]
+async fn producers_idle_past_the_window_are_forgotten() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.dedupe_window = Duration::from_millis(1);
+    let store = Store::open(config.clone()).await.unwrap();
+    store
+        .write_keyed(Table::ContainerUsage, minutes("a", DAY0, 30), key(1, 1))
+        .await
+        .unwrap();
+    // Idle for longer than the window; the next flush forgets the producer.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    store.flush().await.unwrap();
+    assert_eq!(store.stats().producers, 0);
+    let resent = store
+        .write_keyed(Table::ContainerUsage, minutes("a", DAY0, 30), key(1, 1))
+        .await
+        .unwrap();
+    assert!(!resent.duplicate, "forgotten: stored again");
+    assert_eq!(usage_rows(&store).await, "60/30");
+    assert_eq!(store.stats().producers, 1);
+    // Crashed with the resend's key only in the WAL, and idle past the window: forgotten when
+    // the store opens.
+    drop(store);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let store = Store::open(config).await.unwrap();
+    assert_eq!(store.stats().replayed_rows, 30);
+    assert_eq!(store.stats().producers, 0);
 }

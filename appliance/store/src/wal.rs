@@ -6,7 +6,13 @@
 //! ```text
 //! [u32 LE: length of the rest] [u32 LE: CRC-32 of seq + payload] [u64 LE: seq] [payload]
 //! payload = [u8: table name length] [table name] [Arrow IPC stream: schema, one batch, end]
+//!         | [u8: 0xFF] [batch key: u128 producer, u64 sequence, i64 ms seen] [as above]
 //! ```
+//!
+//! A batch written with a key (`tally_wire::BatchKey`) carries it in its record, so a replay
+//! restores which keys are durable ([`crate::dedupe`]). Table names are shorter than 255
+//! bytes, so a first byte of 0xFF cannot start a record without a key, and records written
+//! before keys existed read as they always did.
 //!
 //! A crash can tear only the tail of the segment being written; replay stops at the first
 //! record whose frame or checksum does not hold, and truncates the file there, so the torn
@@ -23,26 +29,54 @@ use arrow::ipc::writer::StreamWriter;
 use tally_wire::Table;
 
 use crate::StoreError;
+use crate::dedupe::KeyStamp;
 
 const HEADER: usize = 4 + 4 + 8;
 const SUFFIX: &str = ".wal";
+/// First payload byte of a record that carries a batch key.
+const KEYED: u8 = 0xFF;
 
 /// A batch encoded for the log, before it has a sequence number.
 pub(crate) struct EncodedBatch {
     pub table: Table,
+    pub key: Option<KeyStamp>,
     pub payload: Vec<u8>,
 }
 
-pub(crate) fn encode(table: Table, batch: &RecordBatch) -> Result<EncodedBatch, StoreError> {
+pub(crate) fn encode(
+    table: Table,
+    batch: &RecordBatch,
+    key: Option<KeyStamp>,
+) -> Result<EncodedBatch, StoreError> {
     let name = table.name().as_bytes();
+    debug_assert!(name.len() < usize::from(KEYED));
     let mut payload = Vec::with_capacity(batch.get_array_memory_size() / 2 + 1024);
+    if let Some(key) = &key {
+        payload.push(KEYED);
+        key.write_to(&mut payload);
+    }
     payload.push(name.len() as u8);
     payload.extend_from_slice(name);
     let mut writer = StreamWriter::try_new(&mut payload, &batch.schema())?;
     writer.write(batch)?;
     writer.finish()?;
     drop(writer);
-    Ok(EncodedBatch { table, payload })
+    Ok(EncodedBatch {
+        table,
+        key,
+        payload,
+    })
+}
+
+/// The key of a record, if it has one, and the rest of its payload.
+fn split_key(payload: &[u8]) -> Result<(Option<KeyStamp>, &[u8]), String> {
+    match payload.split_first() {
+        Some((&KEYED, rest)) => {
+            let key = KeyStamp::read_from(rest).ok_or("record shorter than its batch key")?;
+            Ok((Some(key), &rest[KeyStamp::BYTES..]))
+        }
+        _ => Ok((None, payload)),
+    }
 }
 
 fn decode(payload: &[u8]) -> Result<(Table, RecordBatch), String> {
@@ -113,10 +147,11 @@ pub struct ReplayStats {
 }
 
 /// Reads every record of the log in order, handing those with a sequence number above
-/// `after_seq` to `apply`.
+/// `after_seq` to `apply`, and the batch key of every record (flushed or not) to `keys`.
 pub(crate) fn replay(
     dir: &Path,
     after_seq: u64,
+    mut keys: impl FnMut(KeyStamp),
     mut apply: impl FnMut(u64, Table, RecordBatch),
 ) -> Result<ReplayStats, StoreError> {
     let mut stats = ReplayStats {
@@ -131,13 +166,17 @@ pub(crate) fn replay(
         while offset < bytes.len() {
             match read_record(&bytes[offset..]) {
                 Ok((seq, payload, used)) => {
+                    let corrupt = |reason| StoreError::CorruptWal {
+                        path: path.clone(),
+                        offset: offset as u64,
+                        reason,
+                    };
+                    let (key, payload) = split_key(payload).map_err(corrupt)?;
+                    if let Some(key) = key {
+                        keys(key);
+                    }
                     if seq > after_seq {
-                        let (table, batch) =
-                            decode(payload).map_err(|reason| StoreError::CorruptWal {
-                                path: path.clone(),
-                                offset: offset as u64,
-                                reason,
-                            })?;
+                        let (table, batch) = decode(payload).map_err(corrupt)?;
                         stats.rows += batch.num_rows() as u64;
                         stats.records += 1;
                         apply(seq, table, batch);
@@ -349,17 +388,20 @@ mod tests {
     fn records_round_trip_and_replay_skips_what_is_flushed() {
         let dir = tempfile::tempdir().unwrap();
         let mut wal = WalWriter::create(dir.path(), 1).unwrap();
-        let a = encode(Table::Events, &events(3, 0)).unwrap();
-        let b = encode(Table::Events, &events(2, 100)).unwrap();
+        let a = encode(Table::Events, &events(3, 0), None).unwrap();
+        let b = encode(Table::Events, &events(2, 100), None).unwrap();
         assert_eq!(wal.append(&[&a, &b]).unwrap(), vec![1, 2]);
         assert_eq!(wal.rotate().unwrap(), 2);
-        let c = encode(Table::Events, &events(4, 200)).unwrap();
+        let c = encode(Table::Events, &events(4, 200), None).unwrap();
         assert_eq!(wal.append(&[&c]).unwrap(), vec![3]);
 
         let mut seen = Vec::new();
-        let stats = replay(dir.path(), 1, |seq, table, batch| {
-            seen.push((seq, table, batch.num_rows()))
-        })
+        let stats = replay(
+            dir.path(),
+            1,
+            |_| {},
+            |seq, table, batch| seen.push((seq, table, batch.num_rows())),
+        )
         .unwrap();
         assert_eq!(seen, vec![(2, Table::Events, 2), (3, Table::Events, 4)]);
         assert_eq!(stats.last_seq, 3);
@@ -371,10 +413,38 @@ mod tests {
     }
 
     #[test]
+    fn keys_come_back_from_every_record_flushed_or_not_and_unkeyed_records_read_as_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut wal = WalWriter::create(dir.path(), 1).unwrap();
+        let stamp = |sequence| KeyStamp {
+            producer: tally_wire::ProducerId(0xab),
+            sequence,
+            seen_ms: 1_000 + sequence as i64,
+        };
+        let a = encode(Table::Events, &events(3, 0), Some(stamp(1))).unwrap();
+        let b = encode(Table::Events, &events(2, 100), None).unwrap();
+        let c = encode(Table::Events, &events(4, 200), Some(stamp(2))).unwrap();
+        wal.append(&[&a, &b, &c]).unwrap();
+
+        let mut keys = Vec::new();
+        let mut seen = Vec::new();
+        // Record 1 is flushed: its rows are not replayed, its key is.
+        replay(
+            dir.path(),
+            1,
+            |k| keys.push(k),
+            |seq, _, batch| seen.push((seq, batch.num_rows())),
+        )
+        .unwrap();
+        assert_eq!(keys, vec![stamp(1), stamp(2)]);
+        assert_eq!(seen, vec![(2, 2), (3, 4)]);
+    }
+
+    #[test]
     fn a_torn_tail_is_truncated_and_earlier_records_survive() {
         let dir = tempfile::tempdir().unwrap();
         let mut wal = WalWriter::create(dir.path(), 1).unwrap();
-        let a = encode(Table::Events, &events(3, 0)).unwrap();
+        let a = encode(Table::Events, &events(3, 0), None).unwrap();
         wal.append(&[&a, &a]).unwrap();
         let path = segments(dir.path()).unwrap()[0].1.clone();
         let full = fs::metadata(&path).unwrap().len();
@@ -383,13 +453,13 @@ mod tests {
         file.set_len(full - 10).unwrap();
 
         let mut rows = 0;
-        let stats = replay(dir.path(), 0, |_, _, b| rows += b.num_rows()).unwrap();
+        let stats = replay(dir.path(), 0, |_| {}, |_, _, b| rows += b.num_rows()).unwrap();
         assert_eq!(rows, 3);
         assert_eq!(stats.records, 1);
         assert!(stats.truncated_bytes > 0);
         assert_eq!(fs::metadata(&path).unwrap().len(), full / 2);
         // Replaying again finds a clean log.
-        let again = replay(dir.path(), 0, |_, _, _| {}).unwrap();
+        let again = replay(dir.path(), 0, |_| {}, |_, _, _| {}).unwrap();
         assert_eq!(again.truncated_bytes, 0);
     }
 
@@ -397,7 +467,7 @@ mod tests {
     fn corruption_before_the_tail_refuses_to_start() {
         let dir = tempfile::tempdir().unwrap();
         let mut wal = WalWriter::create(dir.path(), 1).unwrap();
-        let a = encode(Table::Events, &events(3, 0)).unwrap();
+        let a = encode(Table::Events, &events(3, 0), None).unwrap();
         wal.append(&[&a]).unwrap();
         wal.rotate().unwrap();
         wal.append(&[&a]).unwrap();
@@ -406,7 +476,7 @@ mod tests {
         let middle = bytes.len() / 2;
         bytes[middle] ^= 0xff;
         fs::write(&first, bytes).unwrap();
-        let err = replay(dir.path(), 0, |_, _, _| {}).unwrap_err();
+        let err = replay(dir.path(), 0, |_| {}, |_, _, _| {}).unwrap_err();
         assert!(matches!(err, StoreError::CorruptWal { .. }), "{err}");
         assert!(err.to_string().contains("checksum mismatch"), "{err}");
     }
