@@ -12,6 +12,7 @@ mod hostile;
 mod ingest;
 mod netmon;
 mod operator;
+mod operator_drain;
 mod prices;
 mod sql_api;
 mod tls;

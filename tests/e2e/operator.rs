@@ -27,7 +27,7 @@ use tally_e2e::cluster::{
 use tally_wire::bootstrap::request_certificate;
 use tally_wire::{IngestClient, Table};
 
-const MI: i64 = 1 << 20;
+pub(crate) const MI: i64 = 1 << 20;
 
 /// The CRDs, installed once per test process from `tally-agent crds` (cluster-scoped and
 /// shared by every test; they are never deleted, so parallel tests keep them).
@@ -68,10 +68,10 @@ fn install_crds(cluster: &Cluster) {
 }
 
 /// A `tally-agent operator` process, killed when dropped.
-struct Operator {
+pub(crate) struct Operator {
     child: Child,
-    health_url: String,
-    log: PathBuf,
+    pub(crate) health_url: String,
+    pub(crate) log: PathBuf,
 }
 
 impl Drop for Operator {
@@ -83,15 +83,15 @@ impl Drop for Operator {
 
 /// A namespace with the operator's and the appliance's ServiceAccounts and RBAC, a running
 /// appliance and a running operator.
-struct Rig {
+pub(crate) struct Rig {
     // Dropped in this order: the operator stops first, then the finalizers are cleared
     // (see Drop), then the appliance, then the namespace.
-    operator: Option<Operator>,
-    appliance: Server,
-    ingest: IngestClient,
+    pub(crate) operator: Option<Operator>,
+    pub(crate) appliance: Server,
+    pub(crate) ingest: IngestClient,
     // Holds the tokens, kubeconfig, CA and the appliance's data while the test runs.
     _dir: tempfile::TempDir,
-    ns: TestNamespace,
+    pub(crate) ns: TestNamespace,
 }
 
 impl Drop for Rig {
@@ -132,7 +132,7 @@ impl Drop for Rig {
     }
 }
 
-async fn rig(prefix: &str) -> Rig {
+pub(crate) async fn rig(prefix: &str) -> Rig {
     let cluster = cluster();
     install_crds(&cluster);
     let mut ns = TestNamespace::create(&cluster, prefix);
@@ -263,11 +263,11 @@ struct Rec<'a> {
 }
 
 impl Rig {
-    fn cluster(&self) -> &Cluster {
+    pub(crate) fn cluster(&self) -> &Cluster {
         &self.ns.cluster
     }
 
-    fn kubectl(&self, args: &[&str]) -> Result<String, String> {
+    pub(crate) fn kubectl(&self, args: &[&str]) -> Result<String, String> {
         let mut all = vec!["-n", self.ns.name.as_str()];
         all.extend_from_slice(args);
         self.cluster().kubectl(&all)
@@ -342,7 +342,7 @@ spec:
         ));
     }
 
-    fn policy(&mut self, name: &str, spec: &str) -> String {
+    pub(crate) fn policy(&mut self, name: &str, spec: &str) -> String {
         let full = format!("{}-{name}", self.ns.name);
         self.ns.owns_cluster_object("policies.tally.dev", &full);
         self.cluster().apply(&format!(
@@ -408,7 +408,7 @@ spec:
         found
     }
 
-    async fn rows(&self, sql: &str) -> Vec<Vec<Value>> {
+    pub(crate) async fn rows(&self, sql: &str) -> Vec<Vec<Value>> {
         tally_e2e::sql_rows(&self.appliance.http_url, sql).await
     }
 
@@ -432,7 +432,7 @@ spec:
     }
 
     /// Waits until the operator completed `n` more reconcile passes.
-    async fn passes(&self, n: f64) {
+    pub(crate) async fn passes(&self, n: f64) {
         let start = self.metric("tally_operator_passes_total").await;
         let deadline = Instant::now() + Duration::from_secs(60);
         while self.metric("tally_operator_passes_total").await < start + n {
@@ -442,7 +442,7 @@ spec:
     }
 }
 
-fn chrono_now_ms() -> i64 {
+pub(crate) fn chrono_now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -836,7 +836,7 @@ async fn rollback_restores_the_previous_spec_byte_for_byte() {
 }
 
 /// Rows of `table` from JSON lines (columns not named are null).
-fn json_rows(table: Table, lines: &[String]) -> RecordBatch {
+pub(crate) fn json_rows(table: Table, lines: &[String]) -> RecordBatch {
     let mut decoder = arrow::json::ReaderBuilder::new(table.schema())
         .build_decoder()
         .expect("decoder");

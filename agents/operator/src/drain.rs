@@ -44,7 +44,7 @@ pub const CORDONED_BY: &str = "tally.dev/cordoned-by";
 pub const EVICTIONS_PER_PASS: usize = 3;
 
 /// What the drain and the updater remember between passes.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct State {
     /// The eviction API version, discovered once.
     pub eviction_api: Option<EvictionApi>,
@@ -53,6 +53,9 @@ pub struct State {
     pub refusals_logged: HashSet<String>,
     /// When the updater last evicted a pod of each workload (`ns/Kind/name`).
     pub last_eviction: HashMap<String, DateTime<Utc>>,
+    /// The client evictions go through: one that does not retry 429s itself (see
+    /// `tally_operator::run`); absent, the reconciler's own.
+    pub eviction_client: Option<kube::Client>,
 }
 
 /// The recommendation id of a node group in the `actions` table: `run//NodeGroup/group`.
@@ -336,10 +339,13 @@ impl Reconciler {
 
         let mut status = old.clone();
         if ngr.spec.approval == Some(Approval::Rejected) {
+            // The finalizer goes first (its patch carries the resourceVersion the status
+            // write would move on); nothing is left to undo once the nodes are uncordoned.
             if !old.cordoned.is_empty() {
                 let actions = self
                     .uncordon(ngr, &old.cordoned, "user (rejected the recommendation)")
                     .await?;
+                self.set_finalizer(api, ngr, false).await?;
                 self.log_actions(&actions).await;
                 status.phase = Phase::RolledBack;
                 status.message = Some(format!(
@@ -363,9 +369,6 @@ impl Reconciler {
                     .await;
             }
             self.write_node_group_status(api, ngr, &status).await?;
-            if status.cordoned.is_empty() {
-                self.set_finalizer(api, ngr, false).await?;
-            }
             return Ok(());
         }
 
@@ -503,7 +506,8 @@ impl Reconciler {
                 let ns = pod.namespace().unwrap_or_default();
                 let pod_name = pod.name_any();
                 let uid = pod.uid().unwrap_or_default();
-                match evict::evict(&self.client, eviction_api, &ns, &pod_name).await {
+                let client = self.drain.eviction_client.as_ref().unwrap_or(&self.client);
+                match evict::evict(client, eviction_api, &ns, &pod_name).await {
                     Ok(Outcome::Evicted) => {
                         actions.push(row(
                             ngr,

@@ -159,7 +159,12 @@ fn credentials(args: &OperatorArgs) -> Result<Credentials, OperatorError> {
 }
 
 async fn kube_client(kubeconfig: Option<&Path>) -> Result<Client, OperatorError> {
-    let config = match kubeconfig {
+    let config = kube_config(kubeconfig).await?;
+    Client::try_from(config).map_err(|e| OperatorError::KubeConfig(e.to_string()))
+}
+
+async fn kube_config(kubeconfig: Option<&Path>) -> Result<kube::Config, OperatorError> {
+    Ok(match kubeconfig {
         Some(path) => {
             let kubeconfig = kube::config::Kubeconfig::read_from(path)
                 .map_err(|e| OperatorError::KubeConfig(format!("{}: {e}", path.display())))?;
@@ -170,8 +175,7 @@ async fn kube_client(kubeconfig: Option<&Path>) -> Result<Client, OperatorError>
         None => kube::Config::infer()
             .await
             .map_err(|e| OperatorError::KubeConfig(e.to_string()))?,
-    };
-    Client::try_from(config).map_err(|e| OperatorError::KubeConfig(e.to_string()))
+    })
 }
 
 /// `tally-agent crds`: the CRD YAML on stdout, or one file per CRD in `--out`.
@@ -236,13 +240,24 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
         println!("webhook listening {addr}");
     }
 
+    // Evictions go through a client that does not retry a 429 itself: for an eviction it
+    // means a PodDisruptionBudget allows no disruption now, which the drain and the updater
+    // retry on a later pass (kube's default client would retry it for minutes, holding the
+    // whole pass).
+    let mut config = kube_config(args.kubeconfig.as_deref()).await?;
+    config.default_retry = false;
+    let eviction_client =
+        Client::try_from(config).map_err(|e| OperatorError::KubeConfig(e.to_string()))?;
     let mut reconciler = Reconciler {
         client,
         appliance: Appliance::new(args.connection.appliance.clone(), credentials),
         metrics: metrics.clone(),
         dismissed: Default::default(),
         namespaces: args.namespaces.clone(),
-        drain: Default::default(),
+        drain: drain::State {
+            eviction_client: Some(eviction_client),
+            ..Default::default()
+        },
         updater: updater::Settings {
             threshold_percent: args.updater_threshold_percent,
         },

@@ -252,7 +252,8 @@ impl Reconciler {
             result: result.into(),
             message: Some(message),
         };
-        let summary = match evict::evict(&self.client, eviction_api, &ns, &pod_name)
+        let client = self.drain.eviction_client.as_ref().unwrap_or(&self.client);
+        let summary = match evict::evict(client, eviction_api, &ns, &pod_name)
             .await
             .map_err(|e| ReconcileError::Other(e.to_string()))?
         {
