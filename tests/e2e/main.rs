@@ -13,6 +13,7 @@ mod ingest;
 mod netmon;
 mod operator;
 mod operator_drain;
+mod operator_webhook;
 mod prices;
 mod sql_api;
 mod tls;

@@ -90,7 +90,7 @@ pub(crate) struct Rig {
     pub(crate) appliance: Server,
     pub(crate) ingest: IngestClient,
     // Holds the tokens, kubeconfig, CA and the appliance's data while the test runs.
-    _dir: tempfile::TempDir,
+    pub(crate) _dir: tempfile::TempDir,
     pub(crate) ns: TestNamespace,
 }
 
@@ -255,11 +255,11 @@ pub(crate) async fn rig(prefix: &str) -> Rig {
 }
 
 /// One container's recommendation row.
-struct Rec<'a> {
-    name: &'a str,
-    container: &'a str,
-    cpu: (f64, f64),
-    memory: (i64, i64),
+pub(crate) struct Rec<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) container: &'a str,
+    pub(crate) cpu: (f64, f64),
+    pub(crate) memory: (i64, i64),
 }
 
 impl Rig {
@@ -274,7 +274,7 @@ impl Rig {
     }
 
     /// Writes one analysis run's rightsizing rows for Deployments of this namespace.
-    async fn recommend(&mut self, run_id: &str, recs: &[Rec<'_>]) {
+    pub(crate) async fn recommend(&mut self, run_id: &str, recs: &[Rec<'_>]) {
         let n = recs.len();
         let now = chrono_now_ms();
         let text = |v: Vec<String>| Arc::new(StringArray::from(v)) as ArrayRef;
@@ -382,7 +382,7 @@ spec:
     }
 
     /// Waits for the WorkloadRecommendation of Deployment `name` to reach `phase`, returns it.
-    fn wait_phase(&self, name: &str, phase: &str) -> Value {
+    pub(crate) fn wait_phase(&self, name: &str, phase: &str) -> Value {
         let wr = format!("deployment-{name}");
         let started = Instant::now();
         let found = self.cluster().wait(
@@ -449,7 +449,7 @@ pub(crate) fn chrono_now_ms() -> i64 {
         .as_millis() as i64
 }
 
-fn container(name: &str, resources: &str) -> String {
+pub(crate) fn container(name: &str, resources: &str) -> String {
     format!(
         "      - name: {name}\n        image: IMAGE\n        imagePullPolicy: Never\n        command: [sleep, '3600']\n        resources: {resources}\n"
     )
