@@ -915,6 +915,86 @@ mod tests {
         assert_eq!(controller(&json!({})), None);
     }
 
+    /// The AdmissionReview envelope, in-process. The pods here never make the webhook ask the
+    /// API (not opted in, or no controller), so the client points at an address where
+    /// nothing listens; the real API server's side is tests/e2e/operator_webhook.rs.
+    #[tokio::test]
+    async fn the_answer_echoes_the_version_and_uid_and_never_denies() {
+        let client =
+            Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap())).unwrap();
+        let metrics = Arc::new(Metrics::default());
+        *metrics.webhook.lock().unwrap() = Some(WebhookHealth {
+            healthy: true,
+            reason: String::new(),
+        });
+        let hook = Arc::new(Webhook { client, metrics });
+        let call = |review: Value| {
+            let hook = hook.clone();
+            async move {
+                let response = mutate(State(hook), Bytes::from(review.to_string())).await;
+                let status = response.status();
+                let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+                    .await
+                    .unwrap();
+                (
+                    status,
+                    serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null),
+                )
+            }
+        };
+        let review = |version: &str, labels: Value| {
+            json!({
+                "apiVersion": format!("admission.k8s.io/{version}"),
+                "kind": "AdmissionReview",
+                "request": {
+                    "uid": "u-1", "operation": "CREATE", "namespace": "shop",
+                    "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                    "object": {"metadata": {"name": "p", "labels": labels}, "spec": {"containers": []}},
+                },
+            })
+        };
+        // Not opted in: allowed, no patch.
+        let (status, answer) = call(review("v1", json!({"app": "x"}))).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            answer,
+            json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                   "response": {"uid": "u-1", "allowed": true}})
+        );
+        // Opted in without a controller, asked in v1beta1: answered in v1beta1, allowed, and
+        // the only change is the annotation saying why nothing else changed.
+        let (_, answer) = call(review("v1beta1", json!({OPT_IN_LABEL: OPT_IN_VALUE}))).await;
+        assert_eq!(answer["apiVersion"], "admission.k8s.io/v1beta1");
+        let response = &answer["response"];
+        assert_eq!(response["allowed"], true);
+        assert_eq!(response["uid"], "u-1");
+        assert_eq!(response["patchType"], "JSONPatch");
+        let patch: ByteString = serde_json::from_value(response["patch"].clone()).unwrap();
+        let ops: Value = serde_json::from_slice(&patch.0).unwrap();
+        assert_eq!(ops.as_array().unwrap().len(), 1, "{ops}");
+        assert_eq!(ops[0]["path"], "/metadata/annotations");
+        assert!(
+            ops[0]["value"][RESULT_ANNOTATION]
+                .as_str()
+                .unwrap()
+                .starts_with("unchanged: the pod has no controller"),
+            "{ops}"
+        );
+        // Not an AdmissionReview: refused as a bad request (the API server then applies the
+        // failure policy), never a denial.
+        let (status, _) = call(json!({"apiVersion": "v1", "kind": "Pod"})).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let metrics = hook.metrics.render();
+        for result in ["ignored", "unchanged"] {
+            assert!(
+                metrics.contains(&format!(
+                    "tally_operator_webhook_requests_total{{result=\"{result}\"}} 1"
+                )),
+                "{metrics}"
+            );
+        }
+    }
+
     #[test]
     fn a_generated_certificate_names_the_addresses() {
         let serving = generate(&["10.213.0.1".into(), "svc.ns.svc".into()]).unwrap();
