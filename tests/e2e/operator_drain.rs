@@ -739,3 +739,121 @@ async fn evictions(rig: &Rig, target: &str) -> Vec<Vec<Value>> {
     ))
     .await
 }
+
+/// `HH:00` of the UTC hour `offset` hours from now.
+fn hour_from_now(offset: i64) -> String {
+    let hour = (chrono_now_ms() / 3_600_000 + offset).rem_euclid(24);
+    format!("{hour:02}:00")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nothing_outside_an_active_policy_is_drained() {
+    let rig = rig("undrained").await;
+    let n = rig.ns.name.clone();
+    // A node without a kubelet: nothing runs there, and it must stay schedulable.
+    let node = rig
+        .cluster()
+        .fake_nodes
+        .first()
+        .expect("a fake node")
+        .clone();
+    let group = format!("{n}-fake");
+    let recommendation = format!("nodegroup-{group}");
+    let mut t = DrainRig {
+        rig,
+        node: node.clone(),
+        recommendation: recommendation.clone(),
+    };
+    t.rig
+        .ns
+        .owns_cluster_object("nodegrouprecommendations.tally.dev", &recommendation);
+    let cluster = t.rig.cluster().clone();
+    let before = node_json(&cluster, &node);
+
+    // An auto-apply policy for the namespace's workloads (no node group), and one that names
+    // the group but is invalid (so it covers nothing).
+    t.rig.policy(
+        "workloads",
+        &format!("  mode: auto-apply\n  namespaces: [{n}]\n"),
+    );
+    t.rig.policy(
+        "invalid",
+        &format!(
+            "  mode: auto-apply\n  namespaces: [{n}]\n  nodeGroups: ['{group}']\n  minCpu: '2'\n  maxCpu: 500m\n"
+        ),
+    );
+    plan_consolidation(&mut t.rig, "run-none", &group, &node).await;
+    let pending = wait_ngr_phase(
+        &cluster,
+        &recommendation,
+        "Pending",
+        Duration::from_secs(60),
+    );
+    let message = pending["status"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("does not cordon or drain"), "{pending}");
+    // A person's approval is not a policy: still nothing.
+    cluster
+        .kubectl(&[
+            "patch",
+            "nodegrouprecommendations.tally.dev",
+            &recommendation,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"approval":"Approved"}}"#,
+        ])
+        .unwrap();
+    t.rig.passes(3.0).await;
+    let still = ngr_json(&cluster, &recommendation).unwrap();
+    assert_eq!(still["status"]["phase"], "Pending", "{still}");
+    assert!(still["status"]["cordoned"].is_null(), "{still}");
+    assert!(still["metadata"]["finalizers"].is_null(), "{still}");
+
+    // A valid auto-apply policy names the group, but its window opens in two hours: approved,
+    // waiting, nothing cordoned.
+    let later = t.rig.policy(
+        "later",
+        &format!(
+            "  mode: auto-apply\n  namespaces: [{n}]\n  nodeGroups: ['{group}']\n  \
+             windows: [{{start: '{}', end: '{}', timeZone: UTC}}]\n",
+            hour_from_now(2),
+            hour_from_now(3)
+        ),
+    );
+    let waiting = wait_ngr_phase(
+        &cluster,
+        &recommendation,
+        "Approved",
+        Duration::from_secs(60),
+    );
+    assert_eq!(waiting["status"]["policy"], later.as_str(), "{waiting}");
+    assert!(
+        waiting["status"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("waiting for its time window"),
+        "{waiting}"
+    );
+    t.rig.passes(3.0).await;
+    let after = node_json(&cluster, &node);
+    assert_eq!(after["spec"], before["spec"], "the node was changed");
+    assert!(
+        after["metadata"]["annotations"]["tally.dev/cordoned-by"].is_null(),
+        "{}",
+        after["metadata"]
+    );
+    let id = format!("run-none//NodeGroup/{group}");
+    let log = t
+        .rig
+        .rows(&format!(
+            "SELECT operation, result FROM actions WHERE recommendation_id = '{id}' ORDER BY time"
+        ))
+        .await;
+    assert!(
+        log.iter().all(|r| r[0] == "skip" || r[0] == "defer"),
+        "{log:?}"
+    );
+    assert!(
+        log.iter().any(|r| r[0] == "defer" && r[1] == "deferred"),
+        "{log:?}"
+    );
+}
