@@ -9,6 +9,7 @@ mod durability;
 mod export;
 mod helm;
 mod hostile;
+mod idempotent;
 mod ingest;
 mod netmon;
 mod operator;
