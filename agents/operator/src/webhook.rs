@@ -73,6 +73,8 @@ pub const RESULT_ANNOTATION: &str = "tally.dev/rightsize-result";
 pub const PROBE_LABEL: &str = "tally.dev/webhook-probe";
 /// The webhook's path.
 pub const PATH: &str = "/mutate-pods";
+/// How soon a failed health check is repeated (at most: the probe interval if shorter).
+const RETRY: Duration = Duration::from_secs(5);
 
 /// Flags of the admission webhook (of `tally-agent operator` and `tally-agent webhook`).
 #[derive(Debug, Clone, clap::Args)]
@@ -102,7 +104,8 @@ pub struct WebhookArgs {
     /// generated CA (not with --webhook-cert: then whoever made the certificate sets it).
     #[arg(long, env = "TALLY_WEBHOOK_CONFIGURATION")]
     pub webhook_configuration: Option<String>,
-    /// How often the health check creates its dry-run probe pod (e.g. 60s).
+    /// How often the health check creates its dry-run probe pod (e.g. 60s; after a failure
+    /// every 5 s at most).
     #[arg(long, env = "TALLY_WEBHOOK_PROBE_INTERVAL", default_value = "60s", value_parser = crate::parse_duration)]
     pub webhook_probe_interval: Duration,
     /// The namespace of the probe pod (default: the operator's own, from its ServiceAccount
@@ -252,8 +255,14 @@ pub async fn start(
     let interval = args.webhook_probe_interval;
     tokio::spawn(async move {
         loop {
-            checker.check().await;
-            tokio::time::sleep(interval).await;
+            // A failing check (or a caBundle not written yet: the configuration may be
+            // created after the operator starts) is retried sooner, so recovery shows fast.
+            let wait = if checker.check().await {
+                interval
+            } else {
+                interval.min(RETRY)
+            };
+            tokio::time::sleep(wait).await;
         }
     });
     tracing::info!(%addr, path = PATH, "admission webhook started");
@@ -656,10 +665,13 @@ struct Checker {
 }
 
 impl Checker {
-    async fn check(&self) {
+    /// One check; whether everything was fine.
+    async fn check(&self) -> bool {
+        let mut fine = true;
         if let (Some(name), Some(ca)) = (&self.configuration, &self.ca_pem)
             && let Err(error) = self.publish_ca(name, ca).await
         {
+            fine = false;
             tracing::warn!(configuration = %name, %error, "cannot write the webhook's caBundle");
         }
         let result = probe(&self.client, &self.namespace).await;
@@ -675,6 +687,7 @@ impl Checker {
                     healthy: true,
                     reason: String::new(),
                 });
+                fine
             }
             Err(reason) => {
                 self.metrics
@@ -685,6 +698,7 @@ impl Checker {
                     healthy: false,
                     reason,
                 });
+                false
             }
         }
     }
