@@ -14,7 +14,7 @@ use arrow::array::RecordBatch;
 use tally_e2e::{Server, events, sql_rows};
 use tally_wire::agent::Credentials;
 use tally_wire::link::IngestLink;
-use tally_wire::{BatchKey, IngestAck, IngestClient, ProducerId, Table};
+use tally_wire::{BatchKey, IngestAck, IngestClient, ProducerId, Table, split_for_flight};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::{Rng, rows_per_pod};
@@ -75,6 +75,10 @@ async fn a_batch_resent_after_kill_minus_nine_is_acknowledged_and_not_stored_aga
         rows_per_pod(&server.http_url).await,
         BTreeMap::from([("resent-from-wal".to_string(), 50)])
     );
+    let metrics = tally_e2e::prometheus_metrics(&server.http_url).await;
+    assert_eq!(metrics["tally_ingest_duplicate_batches_total"], 1.0);
+    assert_eq!(metrics["tally_ingest_duplicate_rows_total"], 50.0);
+    assert_eq!(metrics["tally_ingest_producers"], 1.0);
     // The producer's next batch is stored.
     let next = BatchKey { sequence: 2, ..key };
     let stored = write_keyed(&server.flight_url, next, events("next", base_ms(), 7)).await;
@@ -165,6 +169,50 @@ async fn a_batch_resent_after_a_flush_and_kill_minus_nine_is_recognised_from_the
             ("newer".to_string(), 3),
             ("resent-from-manifest".to_string(), 30)
         ])
+    );
+    assert_eq!(server.terminate().code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_batch_goes_in_parts_each_with_its_key_and_a_resend_stores_none_of_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &["--insecure"]).unwrap();
+    // About 6 MiB of Arrow buffers: more than one Flight message.
+    let batch = events("large", base_ms(), 60_000);
+    let parts = split_for_flight(&batch);
+    assert!(parts.len() > 1, "{} parts", parts.len());
+    let producer = ProducerId::random();
+    let keyed: Vec<_> = parts
+        .into_iter()
+        .enumerate()
+        .map(|(i, part)| {
+            let key = BatchKey {
+                producer,
+                sequence: i as u64 + 1,
+            };
+            (key, part)
+        })
+        .collect();
+    let mut client = IngestClient::connect(&server.flight_url, None)
+        .await
+        .unwrap();
+    let first = client
+        .write_keyed(Table::Events, keyed.clone())
+        .await
+        .unwrap();
+    assert_eq!(first.len(), keyed.len(), "one acknowledgement per part");
+    assert!(first.iter().all(|a| !a.duplicate));
+    assert_eq!(first.iter().map(|a| a.rows).sum::<u64>(), 60_000);
+    let again = client
+        .write_keyed(Table::Events, keyed.clone())
+        .await
+        .unwrap();
+    assert_eq!(again.len(), keyed.len());
+    assert!(again.iter().all(|a| a.duplicate), "{again:?}");
+    assert_eq!(
+        rows_per_pod(&server.http_url).await,
+        BTreeMap::from([("large".to_string(), 60_000)])
     );
     assert_eq!(server.terminate().code(), Some(0));
 }

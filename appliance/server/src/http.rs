@@ -317,5 +317,23 @@ async fn metrics(State(state): State<AppState>) -> Response {
         "gauge",
         stats.replayed_rows,
     );
+    metric(
+        "tally_ingest_duplicate_batches_total",
+        "Batches sent again with a batch key already durable: acknowledged, not stored again.",
+        "counter",
+        stats.duplicate_batches,
+    );
+    metric(
+        "tally_ingest_duplicate_rows_total",
+        "Rows of those batches.",
+        "counter",
+        stats.duplicate_rows,
+    );
+    metric(
+        "tally_ingest_producers",
+        "Producers whose batch keys are remembered (idle ones are forgotten after a day).",
+        "gauge",
+        stats.producers,
+    );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
