@@ -5,6 +5,15 @@
 //! Arrow schema once; the appliance validates incoming batches against it and the agents
 //! build their batches from it.
 //!
+//! # Stored once
+//! A batch is acknowledged ([`IngestAck`]) once it is durable. A sender that may send a batch
+//! again (its acknowledgement was lost) puts a [`BatchKey`] in the `app_metadata` of the
+//! batch's Flight message; the appliance then acknowledges the resend with `duplicate: true`
+//! and does not store it twice, for a day after the sender's last batch ([`key`] has the
+//! contract). The agents' [`link::IngestLink`] does this for them. A Flight client that sends
+//! no `app_metadata` keeps working as before, without this protection: a batch it sends
+//! twice is stored twice.
+//!
 //! # Units (the same in every table)
 //! - Time: `Timestamp(Millisecond, "UTC")` in a column named `time`.
 //! - CPU: cores as `Float64` (`0.25` is 250 millicores), in columns ending `_cores`.
