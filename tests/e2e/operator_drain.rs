@@ -343,6 +343,25 @@ spec:
             .unwrap();
     }
     let watch = ReadyWatch::start(&cluster, &n, "app=web", 3);
+    // A pod no controller owns: an eviction would lose it, so the drain leaves it to a
+    // person (as kubectl drain does without --force).
+    cluster.apply(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: loner, namespace: {n}}}
+spec:
+  nodeName: {node}
+  terminationGracePeriodSeconds: 0
+  tolerations:
+  - {{key: tally.dev/drain-test, operator: Exists, effect: NoSchedule}}
+  containers:
+  - {{name: main, image: {image}, imagePullPolicy: Never, command: [sleep, '3600'], resources: {{requests: {{cpu: 5m, memory: 8Mi}}}}}}
+"#
+    ));
+    let loner_uid = t
+        .rig
+        .kubectl(&["get", "pod", "loner", "-o", "jsonpath={.metadata.uid}"])
+        .unwrap();
 
     // The plan empties the drain node. First no Policy lets the operator act: one naming
     // the group is only audit-only, and an auto-apply one names another group. Nothing is
@@ -399,6 +418,36 @@ spec:
         "nodes",
         &format!("  mode: auto-apply\n  namespaces: [{n}]\n  nodeGroups: ['{group}']\n"),
     );
+    // The web pods leave; the bare pod stays and holds the drain, which says why.
+    let waiting = cluster.wait(
+        "the drain waiting for the bare pod alone",
+        Duration::from_secs(240),
+        || {
+            let found = ngr_json(&cluster, &recommendation)?;
+            let message = found["status"]["message"].as_str().unwrap_or_default();
+            let web_here = pods(&t.rig, "app=web").iter().any(|p| p.2 == node);
+            let alone = message.contains(&format!("1 on {node}"));
+            if !web_here && alone && message.contains("belong to no controller") {
+                Ok(found)
+            } else {
+                Err(format!("{message}; web pods on the node: {web_here}"))
+            }
+        },
+    );
+    assert_eq!(waiting["status"]["phase"], "Approved", "{waiting}");
+    let message = waiting["status"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains(&format!("{n}/loner")), "{message}");
+    t.rig.passes(2.0).await;
+    assert_eq!(
+        t.rig
+            .kubectl(&["get", "pod", "loner", "-o", "jsonpath={.metadata.uid}"])
+            .unwrap(),
+        loner_uid,
+        "the bare pod was evicted"
+    );
+    t.rig
+        .kubectl(&["delete", "pod", "loner", "--wait=true"])
+        .unwrap();
     let applied = wait_ngr_phase(
         &cluster,
         &recommendation,

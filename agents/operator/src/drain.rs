@@ -13,7 +13,9 @@
 //!    cordoned are left to them;
 //! 3. the pods on those nodes are evicted a few at a time ([`EVICTIONS_PER_PASS`]) through
 //!    the eviction API ([`crate::evict`]): a PodDisruptionBudget's refusal (429) is retried
-//!    on a later pass; DaemonSet pods, mirror pods and finished pods stay;
+//!    on a later pass; DaemonSet pods, mirror pods and finished pods stay; pods no
+//!    controller would re-create are never evicted (as `kubectl drain` without `--force`):
+//!    the drain waits for a person and says so;
 //! 4. when no other pod is left the phase is Applied (the nodes can be removed), before that
 //!    Approved with a message saying what it waits for.
 //!
@@ -479,6 +481,7 @@ impl Reconciler {
         let pods_api: Api<Pod> = Api::all(self.client.clone());
         let mut left: BTreeMap<String, usize> = BTreeMap::new();
         let mut refused = Vec::new();
+        let mut unmanaged = Vec::new();
         let mut budget = EVICTIONS_PER_PASS;
         let mut actions = Vec::new();
         for node in &present {
@@ -499,6 +502,14 @@ impl Reconciler {
                     None => {}
                 }
                 *left.entry(node.clone()).or_default() += 1;
+                if !evict::managed(&pod) {
+                    unmanaged.push(format!(
+                        "{}/{}",
+                        pod.namespace().unwrap_or_default(),
+                        pod.name_any()
+                    ));
+                    continue;
+                }
                 if budget == 0 {
                     continue;
                 }
@@ -578,6 +589,12 @@ impl Reconciler {
                 message.push_str(&format!(
                     "; a PodDisruptionBudget allows no disruption of {} now (retried next pass)",
                     refused.join(", ")
+                ));
+            }
+            if !unmanaged.is_empty() {
+                message.push_str(&format!(
+                    "; {} belong to no controller and would not come back after an eviction: the operator leaves them, move or delete them yourself",
+                    unmanaged.join(", ")
                 ));
             }
             status.message = Some(message);

@@ -173,6 +173,15 @@ pub fn skip_reason(pod: &Pod) -> Option<&'static str> {
     None
 }
 
+/// Whether a controller (ReplicaSet, StatefulSet, Job, ...) owns the pod and would
+/// re-create it elsewhere after an eviction.
+pub fn managed(pod: &Pod) -> bool {
+    pod.metadata
+        .owner_references
+        .as_ref()
+        .is_some_and(|refs| refs.iter().any(|r| r.controller == Some(true)))
+}
+
 /// Whether the pod has finished (Succeeded or Failed): it holds nothing on its node.
 pub fn finished(pod: &Pod) -> bool {
     matches!(
@@ -296,5 +305,9 @@ mod tests {
         let done = pod(json!({"metadata": {"name": "job-1"}, "status": {"phase": "Succeeded"}}));
         assert!(finished(&done));
         assert!(!finished(&plain));
+        // A bare pod would be lost: only controlled pods are evicted.
+        assert!(managed(&plain));
+        assert!(!managed(&mirror));
+        assert!(!managed(&done));
     }
 }
