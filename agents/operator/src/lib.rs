@@ -332,9 +332,9 @@ pub async fn run_webhook(args: WebhookServerArgs) -> Result<(), OperatorError> {
     println!("webhook listening {addr}");
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|source| OperatorError::Listen {
-            addr: args.listen,
-            source,
-        })?;
+        addr: args.listen,
+        source,
+    })?;
     tokio::select! {
         _ = terminate.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
