@@ -200,6 +200,12 @@ pub async fn start(
     listen: SocketAddr,
 ) -> Result<SocketAddr, WebhookError> {
     let serving = serving(args)?;
+    if serving.ca_pem.is_some() && args.webhook_configuration.is_none() {
+        tracing::warn!(
+            "the webhook's certificate is generated but no --webhook-configuration names where to \
+             publish its CA: the API server cannot trust it (give one, or --webhook-cert/--webhook-key)"
+        );
+    }
     let certs = CertificateDer::pem_slice_iter(serving.cert_pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| WebhookError::Certificate(e.to_string()))?;
@@ -456,12 +462,17 @@ impl Webhook {
                 }
             }
             other => match WorkloadKind::parse(other) {
-                Some(WorkloadKind::Deployment) | None => {
+                Some(WorkloadKind::Deployment) => {
+                    return Ok(Unchanged(format!(
+                        "its controller is Deployment {owner_name} itself, not a ReplicaSet of it"
+                    )));
+                }
+                Some(kind) => (kind, owner_name),
+                None => {
                     return Ok(Unchanged(format!(
                         "its controller is a {other}, not a Deployment, StatefulSet or DaemonSet"
                     )));
                 }
-                Some(kind) => (kind, owner_name),
             },
         };
         let target = format!("{} {name}", kind.as_str());
