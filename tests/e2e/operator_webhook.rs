@@ -284,7 +284,28 @@ spec:
     ));
 }
 
-/// The pods of Deployment `name` (waits until there is one not in `except`).
+/// A StatefulSet with no replicas yet, its pods opted in.
+fn stateful_set(ns: &TestNamespace, name: &str, containers: &str) {
+    let n = &ns.name;
+    let containers = containers.replace("IMAGE", &ns.cluster.busybox_image);
+    ns.cluster.apply(&format!(
+        r#"apiVersion: apps/v1
+kind: StatefulSet
+metadata: {{name: {name}, namespace: {n}, labels: {{app: {name}}}}}
+spec:
+  replicas: 0
+  serviceName: {name}
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata: {{labels: {{app: {name}, tally.dev/rightsize: enabled}}}}
+    spec:
+      terminationGracePeriodSeconds: 0
+      containers:
+{containers}"#
+    ));
+}
+
+/// The pods of workload `name` (waits until there is one not in `except`).
 fn pods(ns: &TestNamespace, name: &str, except: &[String]) -> Vec<Value> {
     ns.cluster.wait(
         &format!("a new pod of {name}"),
@@ -345,7 +366,7 @@ async fn the_webhook_sets_the_recommended_requests_at_pod_creation() {
         "hook",
         &format!(
             "  mode: auto-apply\n  applyMethod: webhook\n  namespaces: [{n}]\n  \
-             workloads: {{names: [hooked, unlabelled]}}\n  minMemory: 224Mi\n  maxStepPercent: 50\n"
+             workloads: {{names: [hooked, unlabelled, stateful]}}\n  minMemory: 224Mi\n  maxStepPercent: 50\n"
         ),
     );
     let rec = |name| Rec {
@@ -359,6 +380,26 @@ async fn the_webhook_sets_the_recommended_requests_at_pod_creation() {
         &[rec("hooked"), rec("unlabelled"), rec("uncovered")],
     )
     .await;
+    // A StatefulSet (its pods' controller directly). The test rig's analysis rows are for
+    // Deployments: its recommendation is created as the operator would, and the operator
+    // reconciles it like the others.
+    stateful_set(&rig.ns, "stateful", &standard);
+    rig.cluster().apply(&format!(
+        r#"apiVersion: tally.dev/v1alpha1
+kind: WorkloadRecommendation
+metadata: {{name: statefulset-stateful, namespace: {n}}}
+spec:
+  target: {{kind: StatefulSet, name: stateful}}
+  runId: run-w
+  containers:
+  - {{name: main, current: {{cpuRequestCores: 1, memoryRequestBytes: {mem}}}, recommended: {{cpuRequestCores: 0.1, memoryRequestBytes: {rec}}}}}
+  confidence: 0.9
+  why: p95 CPU and peak memory over 14 days
+  savingsMonthlyUsd: 12.5
+"#,
+        mem = 256 * MI,
+        rec = 200 * MI
+    ));
     let template_before = rig
         .kubectl(&[
             "get",
@@ -370,8 +411,11 @@ async fn the_webhook_sets_the_recommended_requests_at_pod_creation() {
         .unwrap();
     // The operator approves them for the webhook (Approved, or Applied once it counts the
     // webhook as applying them) and leaves the Deployments alone.
-    for name in ["hooked", "unlabelled"] {
-        let wr = format!("deployment-{name}");
+    for wr in [
+        "deployment-hooked",
+        "deployment-unlabelled",
+        "statefulset-stateful",
+    ] {
         rig.cluster().wait(
             &format!("{wr} approved for the webhook"),
             Duration::from_secs(90),
@@ -397,9 +441,13 @@ async fn the_webhook_sets_the_recommended_requests_at_pod_creation() {
     let registration = Registration::create(&rig.ns, &webhook.url, "v1");
     assert_eq!(webhook.wait_ready(rig.cluster(), 200), "ok");
 
-    for name in ["hooked", "unlabelled", "uncovered"] {
-        rig.kubectl(&["scale", "deployment", name, "--replicas=1"])
-            .unwrap();
+    for name in [
+        "deployment/hooked",
+        "deployment/unlabelled",
+        "deployment/uncovered",
+        "statefulset/stateful",
+    ] {
+        rig.kubectl(&["scale", name, "--replicas=1"]).unwrap();
     }
     // Opted in, approved under a webhook policy: the recommendation within the policy's step
     // (1 core may fall by 50 % to 500m, not to 100m) and bounds (200Mi is below 224Mi).
@@ -415,6 +463,16 @@ async fn the_webhook_sets_the_recommended_requests_at_pod_creation() {
             said.contains(&hook) && said.contains("deployment-hooked") && said.contains("run-w"),
             "{said}"
         );
+    }
+    // The same for the StatefulSet's pod.
+    for pod in pods(&rig.ns, "stateful", &[]) {
+        assert_eq!(
+            resources(&pod),
+            &serde_json::json!({"requests": {"cpu": "500m", "memory": "224Mi"}, "limits": {"memory": "512Mi"}}),
+            "{pod}"
+        );
+        let said = result_annotation(&pod).unwrap_or_default();
+        assert!(said.contains("statefulset-stateful"), "{said}");
     }
     // The workload's spec is never written.
     assert_eq!(
