@@ -217,6 +217,68 @@ async fn a_large_batch_goes_in_parts_each_with_its_key_and_a_resend_stores_none_
     assert_eq!(server.terminate().code(), Some(0));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_metadata_that_is_not_a_batch_key_is_refused_and_nothing_is_stored() {
+    use arrow_flight::FlightDescriptor;
+    use arrow_flight::flight_service_client::FlightServiceClient;
+    use futures::StreamExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &["--insecure"]).unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(server.flight_url.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut raw = FlightServiceClient::new(channel);
+    for metadata in [
+        &b"not json"[..],
+        br#"{"producer":"abc","sequence":1}"#,
+        br#"{"sequence":1}"#,
+    ] {
+        let data = arrow_flight::encode::FlightDataEncoderBuilder::new()
+            .with_flight_descriptor(Some(FlightDescriptor::new_path(vec!["events".into()])))
+            .build(futures::stream::iter(vec![Ok(events(
+                "labelled",
+                base_ms(),
+                5,
+            ))]))
+            .map(move |r| {
+                let mut data = r.unwrap();
+                if !data.data_body.is_empty() {
+                    data.app_metadata = metadata.to_vec().into();
+                }
+                data
+            });
+        let status = match raw.do_put(data).await {
+            Err(status) => status,
+            Ok(response) => response
+                .into_inner()
+                .next()
+                .await
+                .unwrap()
+                .expect_err("refused"),
+        };
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status}");
+        assert!(status.message().contains("batch key"), "{status}");
+    }
+    // Nothing of them was stored, and keyed and plain writes still work.
+    let key = BatchKey {
+        producer: ProducerId::random(),
+        sequence: 1,
+    };
+    assert!(
+        !write_keyed(&server.flight_url, key, events("keyed", base_ms(), 2))
+            .await
+            .duplicate
+    );
+    assert_eq!(
+        rows_per_pod(&server.http_url).await,
+        BTreeMap::from([("keyed".to_string(), 2)])
+    );
+    assert_eq!(server.terminate().code(), Some(0));
+}
+
 /// A TCP proxy on a fixed loopback port in front of whichever appliance runs now, as a
 /// Kubernetes Service is in front of the appliance's pod; it can also lose every answer from
 /// the appliance (`hold`), as a connection that breaks after the request went through does.
