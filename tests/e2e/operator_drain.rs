@@ -561,6 +561,64 @@ spec:
         "{}",
         back["metadata"]
     );
+
+    // Approved again (the rejection withdrawn): cordoned again, nothing left to evict. Then
+    // deleted: the finalizer uncordons the node, and the recommendation is not created again
+    // for this run.
+    cluster
+        .kubectl(&[
+            "patch",
+            "nodegrouprecommendations.tally.dev",
+            &recommendation,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"approval":null}}"#,
+        ])
+        .unwrap();
+    wait_ngr_phase(
+        &cluster,
+        &recommendation,
+        "Applied",
+        Duration::from_secs(60),
+    );
+    assert_eq!(node_json(&cluster, &node)["spec"]["unschedulable"], true);
+    cluster
+        .kubectl(&[
+            "delete",
+            "nodegrouprecommendations.tally.dev",
+            &recommendation,
+            "--wait=true",
+            "--timeout=60s",
+        ])
+        .unwrap();
+    let back = node_json(&cluster, &node);
+    assert!(back["spec"]["unschedulable"].is_null(), "{}", back["spec"]);
+    t.rig.passes(3.0).await;
+    let gone = ngr_json(&cluster, &recommendation).expect_err("created again after deletion");
+    assert!(gone.contains("NotFound"), "{gone}");
+    let log = t
+        .rig
+        .rows(&format!(
+            "SELECT operation, result FROM actions WHERE recommendation_id = '{id}' \
+             AND operation IN ('uncordon', 'dismiss') ORDER BY time"
+        ))
+        .await;
+    let ops: Vec<(String, String)> = log
+        .iter()
+        .map(|r| {
+            (
+                r[0].as_str().unwrap_or_default().to_string(),
+                r[1].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    let count = |op: &str| ops.iter().filter(|(o, _)| o == op).count();
+    assert_eq!(
+        count("uncordon"),
+        2,
+        "one for the rejection, one for the deletion: {ops:?}"
+    );
+    assert_eq!(count("dismiss"), 1, "{ops:?}");
 }
 
 /// One row per container of an analysis run's rightsizing recommendation, any kind.
