@@ -690,6 +690,16 @@ spec:
     metadata: {{labels: {{app: steady}}}}
     spec:
 {}---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: stale, namespace: {n}}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: stale}}}}
+  template:
+    metadata: {{labels: {{app: stale}}}}
+    spec:
+{}---
 apiVersion: policy/v1beta1
 kind: PodDisruptionBudget
 metadata: {{name: db, namespace: {n}}}
@@ -698,7 +708,8 @@ spec:
   selector: {{matchLabels: {{app: db}}}}
 "#,
         pod_spec("100m"),
-        pod_spec("50m")
+        pod_spec("50m"),
+        pod_spec("100m")
     ));
     let cluster = rig.cluster().clone();
     let ready = |selector: &str, count: usize| {
@@ -717,6 +728,7 @@ spec:
     };
     let old_db: Vec<String> = ready("app=db", 3).iter().map(|p| p.1.clone()).collect();
     let steady: Vec<String> = ready("app=steady", 1).iter().map(|p| p.1.clone()).collect();
+    ready("app=stale", 1);
     rig.kubectl(&[
         "patch",
         "statefulset",
@@ -731,7 +743,7 @@ spec:
     let policy = rig.policy(
         "webhook",
         &format!(
-            "  mode: auto-apply\n  applyMethod: webhook\n  namespaces: [{n}]\n  workloads: {{names: [db, steady]}}\n"
+            "  mode: auto-apply\n  applyMethod: webhook\n  namespaces: [{n}]\n  workloads: {{names: [db, steady, stale]}}\n"
         ),
     );
     let rows = vec![
@@ -740,6 +752,16 @@ spec:
             &n,
             "StatefulSet",
             "db",
+            (0.1, 0.05),
+            (16 * MI, 16 * MI),
+        ),
+        // `stale` differs, and nothing gives its replacement other requests (no webhook
+        // here, and its template keeps 100m).
+        rightsizing(
+            "run-u",
+            &n,
+            "Deployment",
+            "stale",
             (0.1, 0.05),
             (16 * MI, 16 * MI),
         ),
@@ -835,6 +857,39 @@ spec:
     assert_eq!(evicted, ["db-0", "db-1", "db-2"], "{db_log:?}");
     let steady_log = evictions(&rig, "Deployment/steady").await;
     assert!(steady_log.is_empty(), "{steady_log:?}");
+
+    // `stale`: its pod is evicted once; the replacement still differs, so the webhook is not
+    // doing its part and the updater stops instead of churning pods, saying why.
+    let stale = cluster.wait(
+        "the updater stopping for stale",
+        Duration::from_secs(120),
+        || {
+            let text = rig.kubectl(&[
+                "get",
+                "workloadrecommendations.tally.dev",
+                "deployment-stale",
+                "-o",
+                "json",
+            ])?;
+            let found: Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+            let message = found["status"]["message"].as_str().unwrap_or_default();
+            if message.contains("did not set its requests") {
+                Ok(found)
+            } else {
+                Err(message.to_string())
+            }
+        },
+    );
+    assert_eq!(stale["status"]["phase"], "Applied", "{stale}");
+    rig.passes(3.0).await;
+    let stale_log = evictions(&rig, "Deployment/stale").await;
+    assert_eq!(stale_log.len(), 1, "{stale_log:?}");
+    assert_eq!(stale_log[0][1], "evicted", "{stale_log:?}");
+    assert_eq!(
+        pods(&rig, "app=stale").iter().filter(|p| !p.4).count(),
+        1,
+        "one pod of stale runs"
+    );
 }
 
 /// The updater's `evict` rows of one workload (`Kind/name`): (pod, result).
