@@ -511,9 +511,21 @@ spec:
             .map(|r| r[3].as_str().unwrap_or_default().to_string())
             .collect()
     };
-    assert_eq!(of("cordon", "applied"), [node.clone()], "{log:?}");
-    assert_eq!(of("drain", "applied"), [group.clone()], "{log:?}");
-    assert_eq!(of("audit", "skipped"), [group.clone()], "{log:?}");
+    assert_eq!(
+        of("cordon", "applied"),
+        std::slice::from_ref(&node),
+        "{log:?}"
+    );
+    assert_eq!(
+        of("drain", "applied"),
+        std::slice::from_ref(&group),
+        "{log:?}"
+    );
+    assert_eq!(
+        of("audit", "skipped"),
+        std::slice::from_ref(&group),
+        "{log:?}"
+    );
     let refused = of("evict", "refused");
     let evicted = of("evict", "evicted");
     assert!(!refused.is_empty(), "the PDB never refused: {log:?}");
