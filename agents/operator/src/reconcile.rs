@@ -1,12 +1,16 @@
 //! The reconcile loop. Every pass is idempotent and starts from what is true now:
 //! 1. the latest analysis run's workload recommendations are read from the appliance and
-//!    server-side applied as `WorkloadRecommendation`s (field manager `tally-operator`);
+//!    server-side applied as `WorkloadRecommendation`s (field manager `tally-operator`), and
+//!    the newest consolidation plan's node groups as `NodeGroupRecommendation`s;
 //! 2. every `Policy` is checked ([`crate::policy::validate`]) and its status written;
-//! 3. every `WorkloadRecommendation` is reconciled: the policies are evaluated again right
+//! 3. node groups a valid Policy names are cordoned and drained ([`crate::drain`]);
+//! 4. every `WorkloadRecommendation` is reconciled: the policies are evaluated again right
 //!    before anything changes. No covering policy: the workload is never touched.
 //!    Audit-only: the recommendation is shown, never applied. Auto-apply inside a time
 //!    window: the container requests/limits are patched within the policy's bounds and
-//!    maximum step, the previous `resources` kept in the status first. Deleting the
+//!    maximum step, the previous `resources` kept in the status first; or, when a policy
+//!    applies through the admission webhook, the workload is left as it is and the updater
+//!    ([`crate::updater`]) evicts running pods that differ, one per pass. Deleting the
 //!    recommendation (finalizer) or rejecting it after it was applied restores the
 //!    previous `resources` exactly.
 //!
