@@ -431,6 +431,7 @@ mod tests {
             names: vec!["".into()],
             ..Default::default()
         });
+        s.node_groups = vec!["pool".into(), " ".into()];
         let errors = validate(&s);
         for expected in [
             "spec.maxCpu: must be >= spec.minCpu",
@@ -440,13 +441,14 @@ mod tests {
             "spec.windows[0].timeZone: `Mars/Base` is not an IANA time zone (like Europe/Berlin)",
             "spec.windows[1].end: must differ from spec.windows[1].start",
             "spec.workloads.names[0]: must not be empty",
+            "spec.nodeGroups[1]: must not be empty",
         ] {
             assert!(
                 errors.iter().any(|e| e == expected),
                 "{expected} missing from {errors:#?}"
             );
         }
-        assert_eq!(errors.len(), 7, "{errors:#?}");
+        assert_eq!(errors.len(), 8, "{errors:#?}");
     }
 
     #[test]
