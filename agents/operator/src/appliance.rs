@@ -14,7 +14,7 @@ use arrow::datatypes::{Float64Type, Int64Type};
 use arrow_flight::sql::client::FlightSqlServiceClient;
 use futures::TryStreamExt;
 use tally_wire::link::{AgentTls, CertificateError};
-use tally_wire::{ClientTls, IngestClient, Table};
+use tally_wire::{BatchKey, ClientTls, IngestClient, KeySource, Table, split_for_flight};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::crd::{ContainerRecommendation, HpaRecommendation, Resources, WorkloadKind};
@@ -96,6 +96,12 @@ pub struct Appliance {
     tls: AgentTls,
     sql: Option<FlightSqlServiceClient<Channel>>,
     ingest: Option<IngestClient>,
+    /// The keys of the action batches ([`Appliance::log`]): one producer per process.
+    keys: KeySource,
+    /// The last action write that got no acknowledgement: its rows, and the keyed batches
+    /// sent. Logging the same rows again resends these (same keys), so an appliance that
+    /// stored them before the acknowledgement was lost does not store them twice.
+    unacknowledged: Option<(Vec<ActionRow>, Vec<(BatchKey, RecordBatch)>)>,
 }
 
 fn now_ms() -> i64 {
@@ -109,6 +115,8 @@ impl Appliance {
             tls: AgentTls::new(credentials),
             sql: None,
             ingest: None,
+            keys: KeySource::new(),
+            unacknowledged: None,
         }
     }
 
@@ -303,11 +311,17 @@ impl Appliance {
             .collect())
     }
 
-    /// Appends actions to the `actions` table (durable once this returns).
+    /// Appends actions to the `actions` table (durable once this returns), as keyed batches
+    /// (`tally_wire::key`): when a write fails and the same rows are logged again (the
+    /// reconcile loop retries a decision on its next pass), they go with the same keys and
+    /// the appliance stores them once even if it had stored them before the
+    /// acknowledgement was lost. Other rows drop the unacknowledged batch and get new keys
+    /// (keys only ever increase, as the key contract wants).
     pub async fn log(&mut self, actions: &[ActionRow]) -> Result<(), ApplianceError> {
         if actions.is_empty() {
             return Ok(());
         }
+        let batches = keyed_batches(&mut self.keys, self.unacknowledged.take(), actions);
         let tls = self.tls().await?;
         if self.ingest.is_none() {
             let client = IngestClient::connect(&self.url, tls).await.map_err(|e| {
@@ -318,13 +332,29 @@ impl Appliance {
             })?;
             self.ingest = Some(client);
         }
-        let batch = actions_batch(actions, now_ms());
         let client = self.ingest.as_mut().expect("connected");
-        if let Err(e) = client.write(Table::Actions, vec![batch]).await {
+        if let Err(e) = client.write_keyed(Table::Actions, batches.clone()).await {
+            self.unacknowledged = Some((actions.to_vec(), batches));
             self.reset();
             return Err(ApplianceError::Write(e.to_string()));
         }
         Ok(())
+    }
+}
+
+/// The keyed batches of `actions`: those of the unacknowledged write when it held the same
+/// rows (a resend), otherwise new batches (each part under 2 MiB) with new keys.
+fn keyed_batches(
+    keys: &mut KeySource,
+    unacknowledged: Option<(Vec<ActionRow>, Vec<(BatchKey, RecordBatch)>)>,
+    actions: &[ActionRow],
+) -> Vec<(BatchKey, RecordBatch)> {
+    match unacknowledged {
+        Some((rows, batches)) if rows == actions => batches,
+        _ => split_for_flight(&actions_batch(actions, now_ms()))
+            .into_iter()
+            .map(|b| (keys.next_key(), b))
+            .collect(),
     }
 }
 
@@ -432,6 +462,43 @@ pub fn group_rows(batches: &[RecordBatch]) -> Vec<WorkloadRow> {
 mod tests {
     use super::*;
     use arrow::array::{Float64Array, Int64Array};
+
+    #[test]
+    fn the_same_rows_logged_again_go_with_the_same_keys() {
+        let row = |operation: &str| ActionRow {
+            recommendation_id: Some("run/ns/Deployment/web".into()),
+            operation: operation.into(),
+            namespace: "ns".into(),
+            target_kind: "Deployment".into(),
+            target_name: "web".into(),
+            actor: "policy/p".into(),
+            policy: Some("p".into()),
+            before: None,
+            after: None,
+            result: "skipped".into(),
+            message: None,
+        };
+        let mut keys = KeySource::new();
+        let first = keyed_batches(&mut keys, None, &[row("audit")]);
+        assert_eq!(first.len(), 1);
+        // The write failed; the same rows again: the same key and the same batch (the row's
+        // id and time included), so the appliance recognises a resend.
+        let again = keyed_batches(
+            &mut keys,
+            Some((vec![row("audit")], first.clone())),
+            &[row("audit")],
+        );
+        assert_eq!(again, first);
+        // Other rows: a new, higher key; the unacknowledged batch is dropped.
+        let other = keyed_batches(
+            &mut keys,
+            Some((vec![row("audit")], first.clone())),
+            &[row("skip")],
+        );
+        assert_eq!(other[0].0.producer, first[0].0.producer);
+        assert!(other[0].0.sequence > first[0].0.sequence);
+        assert_ne!(other[0].1, first[0].1);
+    }
 
     #[test]
     fn action_rows_fit_the_wire_schema() {
