@@ -407,7 +407,9 @@ pub enum ApplyMethod {
     /// otherwise patch.
     InPlaceResize,
     /// Set the requests at pod creation through the admission webhook; the workload spec
-    /// is never written.
+    /// is never written. Only pods that carry the opt-in label `tally.dev/rightsize: enabled`
+    /// (in their pod template) are changed; the updater replaces running pods that differ.
+    /// Replicas and HPA settings are not applied under this method.
     Webhook,
 }
 
