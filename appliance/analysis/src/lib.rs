@@ -160,6 +160,8 @@ pub struct Analyzer {
     config: AnalysisConfig,
     running: tokio::sync::Mutex<()>,
     last: std::sync::Mutex<Option<RunSummary>>,
+    /// The id of the newest finished run, for the appliance's recommendation stream.
+    runs: tokio::sync::watch::Sender<Option<String>>,
 }
 
 impl Analyzer {
@@ -170,7 +172,20 @@ impl Analyzer {
             config,
             running: tokio::sync::Mutex::new(()),
             last: std::sync::Mutex::new(None),
+            runs: tokio::sync::watch::channel(None).0,
         }
+    }
+
+    /// Announce every finished run's id on `runs` (the appliance's recommendation stream
+    /// shares one channel between the analyses and `DoPut`s of recommendation rows).
+    pub fn with_run_notifier(mut self, runs: tokio::sync::watch::Sender<Option<String>>) -> Self {
+        self.runs = runs;
+        self
+    }
+
+    /// The ids of finished runs, newest only (a slow reader skips to the newest).
+    pub fn runs(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.runs.subscribe()
     }
 
     pub fn config(&self) -> &AnalysisConfig {
@@ -464,6 +479,8 @@ impl Analyzer {
             "analysis run finished"
         );
         *self.last.lock().expect("not poisoned") = Some(summary.clone());
+        // Every row of the run is durable: tell the stream's subscribers.
+        self.runs.send_replace(Some(summary.run_id.clone()));
         Ok(summary)
     }
 }

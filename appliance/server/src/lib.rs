@@ -1,5 +1,5 @@
-//! Tally's appliance: the store behind an Arrow Flight endpoint (ingest and Flight SQL,
-//! mutual TLS) and an HTTP server (the UI, the SQL API, export, health and metrics).
+//! Tally's appliance: the store behind an Arrow Flight endpoint (ingest, Flight SQL and the
+//! recommendation stream to the operator, mutual TLS) and an HTTP server (the UI, the SQL API, export, health and metrics).
 
 pub mod bootstrap;
 pub mod cli;
@@ -100,10 +100,15 @@ impl Appliance {
             })?;
         let http_addr = http_listener.local_addr().expect("bound address");
 
-        let service =
-            FlightServiceServer::new(flight::ApplianceFlight::new(store.clone(), engine.clone()))
-                .max_decoding_message_size(options.max_message_bytes)
-                .max_encoding_message_size(64 << 20);
+        // Finished analysis runs (and DoPuts of recommendation rows) are announced here;
+        // the Flight recommendation stream follows it.
+        let (runs, _) = watch::channel(None::<String>);
+        let flight_service = flight::ApplianceFlight::new(store.clone(), engine.clone())
+            .with_runs(runs.clone())
+            .with_stop(stop.subscribe());
+        let service = FlightServiceServer::new(flight_service)
+            .max_decoding_message_size(options.max_message_bytes)
+            .max_encoding_message_size(64 << 20);
         let mut builder = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .tcp_nodelay(true);
@@ -139,11 +144,14 @@ impl Appliance {
                 ..options.query.clone()
             },
         );
-        let analyzer = Arc::new(tally_analysis::Analyzer::new(
-            store.clone(),
-            analysis_engine,
-            tally_analysis::AnalysisConfig::default(),
-        ));
+        let analyzer = Arc::new(
+            tally_analysis::Analyzer::new(
+                store.clone(),
+                analysis_engine,
+                tally_analysis::AnalysisConfig::default(),
+            )
+            .with_run_notifier(runs),
+        );
         let loaded = analyzer
             .load_price_overrides(&options.price_overrides, chrono::Utc::now())
             .await

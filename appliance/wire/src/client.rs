@@ -126,6 +126,11 @@ impl IngestClient {
         })
     }
 
+    /// The Flight client of this connection (the recommendation stream subscribes on it).
+    pub(crate) fn flight(&self) -> FlightServiceClient<Channel> {
+        self.inner.clone()
+    }
+
     /// Writes batches to `table` in one `DoPut` and returns one acknowledgement per Flight
     /// message (one per batch, or several for a batch over 2 MiB, which the encoder splits).
     /// No key is sent: a batch sent again is stored again.

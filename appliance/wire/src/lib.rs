@@ -14,6 +14,13 @@
 //! no `app_metadata` keeps working as before, without this protection: a batch it sends
 //! twice is stored twice.
 //!
+//! # Recommendations pushed to the operator
+//! The appliance streams every finished analysis run's `recommendations` rows to
+//! subscribers: Flight `DoGet` with the ticket [`subscribe::subscribe_ticket`] on the same
+//! port and mutual TLS, heartbeats every 15 s, newest run only for a slow subscriber.
+//! [`subscribe`] has the contract and a client ([`subscribe::RecommendationStream`]); an
+//! older appliance answers `Unimplemented`, and subscribers then query instead.
+//!
 //! # Units (the same in every table)
 //! - Time: `Timestamp(Millisecond, "UTC")` in a column named `time`.
 //! - CPU: cores as `Float64` (`0.25` is 250 millicores), in columns ending `_cores`.
@@ -28,6 +35,7 @@ pub mod bootstrap;
 pub mod client;
 pub mod key;
 pub mod link;
+pub mod subscribe;
 mod tables;
 
 pub use ack::IngestAck;
