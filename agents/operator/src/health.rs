@@ -35,6 +35,14 @@ pub struct Metrics {
     pub webhook: Mutex<Option<WebhookHealth>>,
     pub webhook_probes: AtomicU64,
     pub webhook_probe_failures: AtomicU64,
+    /// The recommendation stream ([`crate::stream`]): subscribed now (1) or not (0).
+    pub stream_connected: AtomicU64,
+    /// Subscriptions made again after one was lost.
+    pub stream_reconnects: AtomicU64,
+    /// Analysis runs received over the stream.
+    pub stream_runs: AtomicU64,
+    /// The appliance has no stream (1): the operator only polls.
+    pub stream_unsupported: AtomicU64,
     actions: Mutex<BTreeMap<(String, String), u64>>,
     webhook_requests: Mutex<BTreeMap<String, u64>>,
 }
@@ -141,6 +149,30 @@ impl Metrics {
                 "gauge",
                 "Policies rejected by validation (they cover nothing).",
                 load(&self.policies_invalid),
+            ),
+            (
+                "tally_operator_stream_connected",
+                "gauge",
+                "Subscribed to the appliance's recommendation stream now (1) or not (0).",
+                load(&self.stream_connected),
+            ),
+            (
+                "tally_operator_stream_reconnects_total",
+                "counter",
+                "Subscriptions to the recommendation stream made again after one was lost.",
+                load(&self.stream_reconnects),
+            ),
+            (
+                "tally_operator_stream_runs_total",
+                "counter",
+                "Analysis runs received over the recommendation stream.",
+                load(&self.stream_runs),
+            ),
+            (
+                "tally_operator_stream_unsupported",
+                "gauge",
+                "The appliance has no recommendation stream (1): recommendations are only polled.",
+                load(&self.stream_unsupported),
             ),
         ] {
             let _ = writeln!(

@@ -5,12 +5,14 @@
 //! - custom resources `WorkloadRecommendation` (namespaced), `NodeGroupRecommendation` and
 //!   `Policy` (cluster-scoped), group `tally.dev/v1alpha1`, defined in [`crd`] and printed
 //!   as YAML by `tally-agent crds`;
-//! - every `--poll-interval` the latest analysis run is read from the appliance (Flight SQL
-//!   over mutual TLS, certificate from the bootstrap endpoint) and reconciled ([`reconcile`]):
-//!   policies are evaluated again before anything changes ([`policy`]);
-//!   (The design wants the appliance to push recommendations over a gRPC server stream; the
-//!   appliance does not offer one yet, so the operator polls. `--namespace` limits it to
-//!   chosen namespaces.)
+//! - the appliance pushes every finished analysis run over a gRPC server stream (Flight
+//!   `DoGet` on its mutual-TLS port, certificate from the bootstrap endpoint); the operator
+//!   subscribes at start and runs a reconcile pass ([`reconcile`]) as soon as a run arrives,
+//!   reconnecting with exponential backoff when the stream breaks ([`stream`]). A pass also
+//!   runs every `--poll-interval` (Policies' time windows open without a new run), and an
+//!   appliance without the stream (`Unimplemented`) leaves the operator polling alone. A pass
+//!   reads the latest run with Flight SQL; policies are evaluated again before anything
+//!   changes ([`policy`]). `--namespace` limits it to chosen namespaces;
 //! - node groups a valid Policy names in `spec.nodeGroups` are cordoned and drained through
 //!   the eviction API, honouring PodDisruptionBudgets ([`drain`], [`evict`]); node drains
 //!   are cluster-wide, whatever `--namespace` says;
@@ -33,6 +35,7 @@ pub mod health;
 pub mod policy;
 pub mod quantity;
 pub mod reconcile;
+pub mod stream;
 pub mod updater;
 pub mod webhook;
 
@@ -57,7 +60,8 @@ pub struct OperatorArgs {
     /// A kubeconfig file (default: in-cluster configuration, or $KUBECONFIG).
     #[arg(long, env = "TALLY_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
-    /// How often recommendations are read and every resource reconciled (e.g. 30s).
+    /// How often every resource is reconciled and the latest run read (e.g. 30s), besides
+    /// the pass each run pushed over the appliance's recommendation stream triggers.
     #[arg(long, env = "TALLY_POLL_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     pub poll_interval: Duration,
     /// Serve only these namespaces (repeatable or comma-separated; default: every
@@ -250,7 +254,7 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
         Client::try_from(config).map_err(|e| OperatorError::KubeConfig(e.to_string()))?;
     let mut reconciler = Reconciler {
         client,
-        appliance: Appliance::new(args.connection.appliance.clone(), credentials),
+        appliance: Appliance::new(args.connection.appliance.clone(), credentials.clone()),
         metrics: metrics.clone(),
         dismissed: Default::default(),
         namespaces: args.namespaces.clone(),
@@ -269,6 +273,13 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
         source,
     })?;
     tracing::info!(appliance = %args.connection.appliance, poll = ?args.poll_interval, "operator started");
+    // Runs pushed by the appliance trigger a pass at once; the poll keeps running beside.
+    let mut runs = stream::spawn(
+        args.connection.appliance.clone(),
+        credentials,
+        metrics.clone(),
+    );
+    let mut streaming = true;
     loop {
         let wait = match reconciler.pass(chrono::Utc::now()).await {
             Ok(()) => {
@@ -290,6 +301,15 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
         };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
+            changed = runs.changed(), if streaming => match changed {
+                Ok(()) => {
+                    if let Some(run) = runs.borrow_and_update().clone() {
+                        tracing::info!(run_id = %run.run_id, rows = run.rows, "reconciling the run the appliance pushed");
+                    }
+                }
+                // The appliance has no stream (logged by the stream's task): poll alone.
+                Err(_) => streaming = false,
+            },
             _ = terminate.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }
