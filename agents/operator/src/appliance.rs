@@ -101,7 +101,7 @@ pub struct Appliance {
     /// The last action write that got no acknowledgement: its rows, and the keyed batches
     /// sent. Logging the same rows again resends these (same keys), so an appliance that
     /// stored them before the acknowledgement was lost does not store them twice.
-    unacknowledged: Option<(Vec<ActionRow>, Vec<(BatchKey, RecordBatch)>)>,
+    unacknowledged: Option<Unacknowledged>,
 }
 
 fn now_ms() -> i64 {
@@ -342,11 +342,14 @@ impl Appliance {
     }
 }
 
+/// An action write without an acknowledgement: its rows and the keyed batches sent.
+type Unacknowledged = (Vec<ActionRow>, Vec<(BatchKey, RecordBatch)>);
+
 /// The keyed batches of `actions`: those of the unacknowledged write when it held the same
 /// rows (a resend), otherwise new batches (each part under 2 MiB) with new keys.
 fn keyed_batches(
     keys: &mut KeySource,
-    unacknowledged: Option<(Vec<ActionRow>, Vec<(BatchKey, RecordBatch)>)>,
+    unacknowledged: Option<Unacknowledged>,
     actions: &[ActionRow],
 ) -> Vec<(BatchKey, RecordBatch)> {
     match unacknowledged {

@@ -226,6 +226,10 @@ pub struct WorkloadRecommendationStatus {
     /// the workload (JSON), restored by a rollback.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub previous: Vec<PreviousResources>,
+    /// The replica count (of the workload) or the HPA settings exactly as they were before
+    /// the operator first changed them, restored by a rollback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_scaling: Option<PreviousScaling>,
     /// The requests and limits the operator set, per container.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub applied: BTreeMap<String, Resources>,
@@ -244,6 +248,21 @@ pub struct PreviousResources {
     /// container had no `resources`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources_json: Option<String>,
+}
+
+/// The replica count or HPA settings of a workload before the operator changed them.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PreviousScaling {
+    /// The API the change went through: `apps/v1` (the workload's `spec.replicas`) or the
+    /// HPA's (`autoscaling/v2`, `autoscaling/v2beta2` or `autoscaling/v1`).
+    pub api_version: String,
+    /// `Deployment`, `StatefulSet` or `HorizontalPodAutoscaler`.
+    pub kind: String,
+    pub name: String,
+    /// The changed fields of its `spec` as the API server returned them (JSON object; a
+    /// field not in it was absent and is removed again by a rollback).
+    pub spec_json: String,
 }
 
 /// A node group Tally would consolidate: current and target node count, the nodes to

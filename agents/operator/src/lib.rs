@@ -35,6 +35,7 @@ pub mod health;
 pub mod policy;
 pub mod quantity;
 pub mod reconcile;
+pub mod scaling;
 pub mod stream;
 pub mod updater;
 pub mod webhook;
@@ -257,6 +258,7 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
         appliance: Appliance::new(args.connection.appliance.clone(), credentials.clone()),
         metrics: metrics.clone(),
         dismissed: Default::default(),
+        memory: Default::default(),
         namespaces: args.namespaces.clone(),
         drain: drain::State {
             eviction_client: Some(eviction_client),

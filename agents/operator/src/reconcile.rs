@@ -57,6 +57,8 @@ pub struct Reconciler {
     /// the lasting record (read every pass, so a restart keeps them dismissed); this set
     /// covers the moment before a just-written row is visible to queries.
     pub dismissed: HashSet<String>,
+    /// What the reconcile loop remembers between passes.
+    pub memory: Memory,
     /// Only these namespaces (empty: every namespace).
     pub namespaces: Vec<String>,
     /// What node drains and the updater remember between passes.
@@ -64,6 +66,24 @@ pub struct Reconciler {
     /// How far a running pod's requests may be from the recommendation before the updater
     /// evicts it (webhook-method policies).
     pub updater: crate::updater::Settings,
+}
+
+/// What the reconcile loop remembers between passes (lost with the process).
+#[derive(Default)]
+pub struct Memory {
+    /// Every WorkloadRecommendation (namespace, name) this process has seen, with the
+    /// dismissal to log if it disappears: one without a finalizer that is gone on a later
+    /// pass was deleted by a person, which dismisses it for its run.
+    pub seen: HashMap<(String, String), ActionRow>,
+    /// What the API server offers (HPA version, in-place resize), discovered once per pass
+    /// when a recommendation needs it.
+    pub apis: Option<crate::scaling::Apis>,
+}
+
+/// Whether a recommendation's status keeps something a rollback would restore: only then
+/// does it carry the `tally.dev/rollback` finalizer.
+pub fn has_previous(status: &WorkloadRecommendationStatus) -> bool {
+    !status.previous.is_empty() || status.previous_scaling.is_some()
 }
 
 /// The name of a workload's recommendation: `deployment-web`.
@@ -238,7 +258,15 @@ struct Outcome {
 impl Reconciler {
     /// One full pass. Errors of one object are logged and counted; the pass goes on.
     pub async fn pass(&mut self, now: DateTime<Utc>) -> Result<(), ReconcileError> {
-        let rows = self.appliance.latest_recommendations().await?;
+        let mut rows = self.appliance.latest_recommendations().await?;
+        // The same run's replicas and HPA rows go into the same recommendations.
+        if let Some(run) = rows.first().map(|r| r.run_id.clone()) {
+            let batches = self
+                .appliance
+                .query(&crate::scaling::scaling_rows_sql(&run))
+                .await?;
+            crate::scaling::merge_scaling(&mut rows, &run, &batches);
+        }
         let dismissed: HashSet<String> = match rows.first() {
             Some(row) => self
                 .appliance
@@ -261,6 +289,8 @@ impl Reconciler {
             .into_iter()
             .map(|w| ((w.namespace().unwrap_or_default(), w.name_any()), w))
             .collect();
+        self.memory.apis = None;
+        self.dismiss_deleted(&existing).await;
         for row in &rows {
             if dismissed.contains(&row.id()) || self.dismissed.contains(&row.id()) {
                 continue;
@@ -270,10 +300,7 @@ impl Reconciler {
             if let Some(current) = existing.get(&(row.namespace.clone(), name.clone())) {
                 let mut theirs = current.spec.clone();
                 theirs.approval = None;
-                if theirs == spec
-                    && current.finalizers().iter().any(|f| f == FINALIZER)
-                    && current.metadata.deletion_timestamp.is_none()
-                {
+                if theirs == spec && current.metadata.deletion_timestamp.is_none() {
                     continue;
                 }
                 if current.metadata.deletion_timestamp.is_some() {
@@ -293,11 +320,13 @@ impl Reconciler {
                         "tally.dev/target-kind": row.kind.as_str(),
                         "tally.dev/target-name": row.name,
                     },
-                    "finalizers": [FINALIZER],
                 },
                 "spec": spec,
             });
-            if let Err(error) = api
+            // No finalizer here: it is added only once there is something to roll back
+            // (see `set_rollback_finalizer`), so deleting a namespace or the CRDs never waits for an
+            // operator that may be gone.
+            match api
                 .patch(
                     &name,
                     &PatchParams::apply(FIELD_MANAGER).force(),
@@ -305,8 +334,11 @@ impl Reconciler {
                 )
                 .await
             {
-                self.metrics.errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(namespace = %row.namespace, %name, %error, "cannot apply the recommendation");
+                Ok(created) => self.remember(&created),
+                Err(error) => {
+                    self.metrics.errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(namespace = %row.namespace, %name, %error, "cannot apply the recommendation");
+                }
             }
         }
 
@@ -350,6 +382,7 @@ impl Reconciler {
         for wr in self.list_recommendations().await? {
             let ns = wr.namespace().unwrap_or_default();
             let name = wr.name_any();
+            self.remember(&wr);
             let needs_labels = policies
                 .iter()
                 .any(|p| p.valid && p.policy.spec.namespace_selector.is_some());
@@ -416,6 +449,105 @@ impl Reconciler {
             )
             .await?;
         }
+        Ok(())
+    }
+
+    /// Notes a recommendation as present (with the dismissal to log should it disappear).
+    fn remember(&mut self, wr: &WorkloadRecommendation) {
+        if wr.metadata.deletion_timestamp.is_some() {
+            return;
+        }
+        let policy = wr.status.as_ref().and_then(|s| s.policy.clone());
+        let action = Self::action(
+            wr,
+            "dismiss",
+            "user (deleted the WorkloadRecommendation)".into(),
+            policy.as_deref(),
+            "deleted",
+            "the recommendation was deleted; it is not created again for this analysis run",
+        );
+        self.memory
+            .seen
+            .insert((wr.namespace().unwrap_or_default(), wr.name_any()), action);
+    }
+
+    /// Recommendations this process saw that are gone now were deleted by a person (those
+    /// with a finalizer are handled when their deletion starts): each is dismissed for its
+    /// run, logged, and not created again while this process runs (nor after a restart,
+    /// since the audit log is read every pass). One deleted while no operator ran is not
+    /// known as deleted and comes back.
+    async fn dismiss_deleted(
+        &mut self,
+        existing: &HashMap<(String, String), WorkloadRecommendation>,
+    ) {
+        let gone: Vec<(String, String)> = self
+            .memory
+            .seen
+            .keys()
+            .filter(|key| !existing.contains_key(*key))
+            .cloned()
+            .collect();
+        if gone.is_empty() {
+            return;
+        }
+        let actions: Vec<ActionRow> = gone
+            .iter()
+            .filter_map(|key| self.memory.seen.remove(key))
+            .collect();
+        for action in &actions {
+            if let Some(id) = &action.recommendation_id {
+                self.dismissed.insert(id.clone());
+            }
+            tracing::info!(namespace = %action.namespace, target = %action.target_name, "recommendation deleted: dismissed for its run");
+        }
+        match self.appliance.log(&actions).await {
+            Ok(()) => self.count(&actions),
+            Err(error) => {
+                // Kept dismissed in memory; the dismissal is logged again next pass.
+                self.metrics.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%error, "cannot log the dismissals; retried next pass");
+                for (key, action) in gone.into_iter().zip(actions) {
+                    self.memory.seen.insert(key, action);
+                }
+            }
+        }
+    }
+
+    /// Adds or removes the `tally.dev/rollback` finalizer (read fresh, patched with a test
+    /// of the resource version so no one else's finalizer is lost). A finalizer cannot be
+    /// added once the deletion started: that fails, and nothing is changed after it.
+    async fn set_rollback_finalizer(
+        &self,
+        api: &Api<WorkloadRecommendation>,
+        name: &str,
+        present: bool,
+    ) -> Result<(), ReconcileError> {
+        let Some(fresh) = api.get_opt(name).await? else {
+            return Err(ReconcileError::Other(format!(
+                "WorkloadRecommendation {name} is gone"
+            )));
+        };
+        let finalizers = fresh.finalizers();
+        let at = finalizers.iter().position(|f| f == FINALIZER);
+        let mut ops = vec![
+            json!({"op": "test", "path": "/metadata/resourceVersion", "value": fresh.resource_version()}),
+        ];
+        match (at, present) {
+            (None, true) if finalizers.is_empty() => {
+                ops.push(json!({"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]}))
+            }
+            (None, true) => {
+                ops.push(json!({"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER}))
+            }
+            (Some(i), false) => {
+                ops.push(json!({"op": "remove", "path": format!("/metadata/finalizers/{i}")}))
+            }
+            _ => return Ok(()),
+        }
+        let patch: json_patch::Patch = serde_json::from_value(Value::Array(ops))
+            .map_err(|e| ReconcileError::Other(e.to_string()))?;
+        api.patch(name, &PatchParams::default(), &Patch::<()>::Json(patch))
+            .await?;
         Ok(())
     }
 
@@ -524,7 +656,7 @@ impl Reconciler {
                 return Ok(());
             }
             let mut actions = Vec::new();
-            if old.phase == Phase::Applied && !old.previous.is_empty() {
+            if has_previous(&old) {
                 actions.push(
                     self.rollback(wr, &old, "user (deleted the WorkloadRecommendation)")
                         .await?,
@@ -544,6 +676,7 @@ impl Reconciler {
             if let Some(id) = actions.last().and_then(|a| a.recommendation_id.clone()) {
                 self.dismissed.insert(id);
             }
+            self.memory.seen.remove(&(ns.clone(), wr.name_any()));
             let finalizers: Vec<String> = wr
                 .finalizers()
                 .iter()
@@ -582,6 +715,13 @@ impl Reconciler {
         }
         if wr.status.as_ref() != Some(&status) {
             self.write_status(&api, wr, &status).await?;
+        }
+        // The finalizer only while there is something to roll back (added before the first
+        // change in `decide`; removed once the previous values are restored).
+        let has = wr.finalizers().iter().any(|f| f == FINALIZER);
+        if has != has_previous(&status) {
+            self.set_rollback_finalizer(&api, &wr.name_any(), has_previous(&status))
+                .await?;
         }
         Ok(())
     }
@@ -632,7 +772,7 @@ impl Reconciler {
         };
 
         if wr.spec.approval == Some(Approval::Rejected) {
-            if old.phase == Phase::Applied && !old.previous.is_empty() {
+            if has_previous(old) {
                 let action = self
                     .rollback(wr, old, "user (rejected the recommendation)")
                     .await?;
@@ -644,6 +784,7 @@ impl Reconciler {
                     policy: old.policy.clone(),
                     applied_run_id: None,
                     previous: Vec::new(),
+                    previous_scaling: None,
                     applied: BTreeMap::new(),
                     last_logged: None,
                 };
@@ -835,14 +976,39 @@ impl Reconciler {
                 action: Some((format!("{run}:webhook:{names}"), action)),
             });
         }
-        if changes.is_empty() {
+        // Replicas or HPA settings (crate::scaling), under the same policies and step.
+        let (scaling, mut notes) = self
+            .plan_scaling(wr, &workload, bounds.max_step_percent)
+            .await?;
+        // In-place resize is asked for: say whether the cluster offers it; either way the
+        // pod template is patched (a rolling update).
+        if covering
+            .iter()
+            .any(|p| p.policy.spec.apply_method == crate::crd::ApplyMethod::InPlaceResize)
+            && !changes.is_empty()
+        {
+            let apis = self.apis().await?;
+            notes.push(if apis.pod_resize {
+                "in-place resize: this cluster offers pods/resize, but the operator does not resize running pods in place yet, so it patched the pod template".to_string()
+            } else {
+                "in-place resize: this cluster offers no pods/resize subresource in its core API (Kubernetes 1.33+), so the operator patched the pod template instead".to_string()
+            });
+        }
+        let noted = |message: String| {
+            if notes.is_empty() {
+                message
+            } else {
+                format!("{message}; {}", notes.join("; "))
+            }
+        };
+        if changes.is_empty() && scaling.is_none() {
             status.phase = Phase::Applied;
             status.applied_run_id = Some(run.clone());
             status.applied = applied;
-            status.message = Some(format!(
+            status.message = Some(noted(format!(
                 "{target} already has the values policy {} allows",
                 names
-            ));
+            )));
             let action = Self::action(
                 wr,
                 "apply",
@@ -856,8 +1022,10 @@ impl Reconciler {
                 action: Some((format!("{run}:apply"), action)),
             });
         }
-        // The previous resources are kept (in the status) before the workload changes; only
-        // the state before the operator's first change, so a rollback restores that.
+        // The previous values are kept (in the status) before anything changes, and the
+        // finalizer added, so a deletion from now on restores them; only the state before
+        // the operator's first change, so a rollback restores that.
+        let mut keep_previous = false;
         if status.previous.is_empty() {
             status.previous = containers
                 .iter()
@@ -866,40 +1034,88 @@ impl Reconciler {
                     resources_json: resources.as_ref().map(|r| r.to_string()),
                 })
                 .collect();
+            keep_previous = true;
+        }
+        if let Some(plan) = &scaling
+            && status.previous_scaling.is_none()
+        {
+            status.previous_scaling = Some(plan.previous());
+            keep_previous = true;
+        }
+        if keep_previous {
             status.message = Some("applying".into());
             let api: Api<WorkloadRecommendation> = Api::namespaced(self.client.clone(), &ns);
             self.write_status(&api, wr, &status).await?;
+            self.set_rollback_finalizer(&api, &wr.name_any(), true)
+                .await?;
         }
-        let patch = resources_patch(&changes)?;
         let mut action = Self::action(wr, "apply", actor, Some(&names), "applied", "");
+        if let Some(plan) = &scaling {
+            let key = format!("{}/{}", plan.kind, plan.name);
+            before.insert(key.clone(), Value::Object(plan.before.clone()));
+            after.insert(key, Value::Object(plan.after.clone()));
+        }
         action.before = Some(Value::Object(before).to_string());
         action.after = Some(Value::Object(after).to_string());
-        match workloads
-            .patch(
-                &wr.spec.target.name,
-                &PatchParams::default(),
-                &Patch::<()>::Json(patch),
-            )
-            .await
+        let mut done = Vec::new();
+        let mut failure = None;
+        if !changes.is_empty() {
+            let patch = resources_patch(&changes)?;
+            match workloads
+                .patch(
+                    &wr.spec.target.name,
+                    &PatchParams::default(),
+                    &Patch::<()>::Json(patch),
+                )
+                .await
+            {
+                Ok(_) => {
+                    self.metrics.patches.fetch_add(1, Ordering::Relaxed);
+                    done.push("requests/limits (a rolling update of its pods)".to_string());
+                }
+                Err(error) => failure = Some(format!("patching {target} failed: {error}")),
+            }
+        }
+        if failure.is_none()
+            && let Some(plan) = &scaling
         {
-            Ok(_) => {
-                self.metrics.patches.fetch_add(1, Ordering::Relaxed);
+            match self.patch_scaling(&ns, plan, plan.ops.clone()).await {
+                Ok(()) => {
+                    self.metrics.patches.fetch_add(1, Ordering::Relaxed);
+                    done.push(plan.summary.clone());
+                }
+                Err(error) => {
+                    failure = Some(format!(
+                        "changing {} {} failed: {error}",
+                        plan.kind, plan.name
+                    ))
+                }
+            }
+        }
+        match failure {
+            None => {
                 status.phase = Phase::Applied;
                 status.applied_run_id = Some(run.clone());
                 status.applied = applied;
-                status.message = Some(format!(
-                    "applied to {target} by policy {} (a rolling update of its pods)",
-                    names
-                ));
+                status.message = Some(noted(format!(
+                    "applied to {target} by policy {}: {}",
+                    names,
+                    done.join("; ")
+                )));
                 action.message = status.message.clone();
                 Ok(Outcome {
                     status,
                     action: Some((format!("{run}:apply"), action)),
                 })
             }
-            Err(error) => {
+            Some(error) => {
+                // Retried next pass; what did change is restored by a rollback.
                 status.phase = Phase::Approved;
-                status.message = Some(format!("patching {target} failed: {error}"));
+                status.message = Some(if done.is_empty() {
+                    error.clone()
+                } else {
+                    format!("{error} (applied: {})", done.join("; "))
+                });
                 action.result = "failed".into();
                 action.message = status.message.clone();
                 Ok(Outcome {
@@ -908,6 +1124,113 @@ impl Reconciler {
                 })
             }
         }
+    }
+
+    /// What the API server offers, discovered once per pass.
+    async fn apis(&mut self) -> Result<crate::scaling::Apis, ReconcileError> {
+        if let Some(apis) = self.memory.apis {
+            return Ok(apis);
+        }
+        let apis = crate::scaling::discover(&self.client).await?;
+        tracing::debug!(?apis, "API discovered");
+        self.memory.apis = Some(apis);
+        Ok(apis)
+    }
+
+    /// The HPA API and the HPA that targets the workload, if any.
+    async fn hpa_of(
+        &mut self,
+        ns: &str,
+        kind: WorkloadKind,
+        name: &str,
+    ) -> Result<Option<(crate::scaling::HpaApi, DynamicObject)>, ReconcileError> {
+        let Some(api) = self.apis().await?.hpa else {
+            return Ok(None);
+        };
+        let hpas: Api<DynamicObject> =
+            Api::namespaced_with(self.client.clone(), ns, &api.resource());
+        let list = hpas.list(&ListParams::default()).await?.items;
+        Ok(crate::scaling::targeting(&list, kind, name).map(|h| (api, h.clone())))
+    }
+
+    /// The replicas or HPA change the recommendation asks for, within the step, and notes on
+    /// what is left as it is (see crate::scaling).
+    async fn plan_scaling(
+        &mut self,
+        wr: &WorkloadRecommendation,
+        workload: &DynamicObject,
+        step: Option<u32>,
+    ) -> Result<(Option<crate::scaling::ScalingPlan>, Vec<String>), ReconcileError> {
+        let replicas = wr
+            .spec
+            .replicas
+            .as_ref()
+            .filter(|r| r.recommended.is_some());
+        let hpa_rec = wr.spec.hpa.as_ref();
+        if replicas.is_none() && hpa_rec.is_none() {
+            return Ok((None, Vec::new()));
+        }
+        let ns = wr.namespace().unwrap_or_default();
+        let kind = wr.spec.target.kind;
+        let hpa = self.hpa_of(&ns, kind, &wr.spec.target.name).await?;
+        let mut notes = Vec::new();
+        match (hpa, hpa_rec) {
+            (Some((api, hpa)), Some(rec)) => {
+                let (plan, more) = crate::scaling::plan_hpa(&hpa, api, rec, step);
+                notes.extend(more);
+                Ok((plan, notes))
+            }
+            (Some((_, hpa)), None) => {
+                notes.push(format!(
+                    "HPA {} scales {}: its replicas are left to the HPA",
+                    hpa.name_any(),
+                    wr.spec.target.name
+                ));
+                Ok((None, notes))
+            }
+            (None, hpa_rec) => {
+                if hpa_rec.is_some() {
+                    notes
+                        .push("an HPA is suggested; the operator does not create HPAs".to_string());
+                }
+                let plan =
+                    replicas.and_then(|r| crate::scaling::plan_replicas(workload, kind, r, step));
+                Ok((plan, notes))
+            }
+        }
+    }
+
+    /// Applies RFC 6902 `ops` to the object a scaling plan (or a kept previous) names.
+    async fn patch_scaling(
+        &self,
+        ns: &str,
+        target: &crate::scaling::ScalingPlan,
+        ops: Vec<Value>,
+    ) -> Result<(), ReconcileError> {
+        self.patch_scaling_object(ns, &target.api_version, &target.kind, &target.name, ops)
+            .await
+    }
+
+    async fn patch_scaling_object(
+        &self,
+        ns: &str,
+        api_version: &str,
+        kind: &str,
+        name: &str,
+        ops: Vec<Value>,
+    ) -> Result<(), ReconcileError> {
+        let resource = match WorkloadKind::parse(kind) {
+            Some(kind) => workload_resource(kind),
+            None => crate::scaling::HpaApi::parse(api_version)
+                .ok_or_else(|| ReconcileError::Other(format!("unknown HPA API {api_version}")))?
+                .resource(),
+        };
+        let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), ns, &resource);
+        let patch: json_patch::Patch = serde_json::from_value(Value::Array(ops))
+            .map_err(|e| ReconcileError::Other(e.to_string()))?;
+        api.patch(name, &PatchParams::default(), &Patch::<()>::Json(patch))
+            .await?;
+        Ok(())
     }
 
     /// Restores every container's `resources` exactly as kept in the status.
@@ -955,26 +1278,85 @@ impl Reconciler {
                 changes.push((*index, name.clone(), restored));
             }
         }
+        let mut restored = Vec::new();
+        if !changes.is_empty() {
+            let patch = resources_patch(&changes)?;
+            workloads
+                .patch(
+                    &wr.spec.target.name,
+                    &PatchParams::default(),
+                    &Patch::<()>::Json(patch),
+                )
+                .await?;
+            restored.push(format!(
+                "the previous resources of {} {}",
+                kind.as_str(),
+                wr.spec.target.name
+            ));
+        }
+        // The replicas or HPA settings, exactly as kept.
+        if let Some(previous) = &old.previous_scaling {
+            let spec = if WorkloadKind::parse(&previous.kind).is_some() {
+                Some(workload.data["spec"].clone())
+            } else {
+                let api =
+                    crate::scaling::HpaApi::parse(&previous.api_version).ok_or_else(|| {
+                        ReconcileError::Other(format!("unknown HPA API {}", previous.api_version))
+                    })?;
+                let hpas: Api<DynamicObject> =
+                    Api::namespaced_with(self.client.clone(), &ns, &api.resource());
+                hpas.get_opt(&previous.name)
+                    .await?
+                    .map(|h| h.data["spec"].clone())
+            };
+            match spec {
+                None => restored.push(format!(
+                    "{} {} no longer exists, so its settings are not restored",
+                    previous.kind, previous.name
+                )),
+                Some(spec) => {
+                    let ops = crate::scaling::restore_ops(previous, &spec)
+                        .map_err(ReconcileError::Other)?;
+                    if !ops.is_empty() {
+                        let key = format!("{}/{}", previous.kind, previous.name);
+                        let fields = |v: &Value| {
+                            let kept: serde_json::Map<String, Value> =
+                                serde_json::from_str(&previous.spec_json).unwrap_or_default();
+                            Value::Object(
+                                kept.keys()
+                                    .filter_map(|k| v.get(k).map(|x| (k.clone(), x.clone())))
+                                    .collect(),
+                            )
+                        };
+                        before.insert(key.clone(), fields(&spec));
+                        after.insert(
+                            key,
+                            serde_json::from_str(&previous.spec_json).unwrap_or_default(),
+                        );
+                        self.patch_scaling_object(
+                            &ns,
+                            &previous.api_version,
+                            &previous.kind,
+                            &previous.name,
+                            ops,
+                        )
+                        .await?;
+                        restored.push(format!(
+                            "the previous settings of {} {}",
+                            previous.kind, previous.name
+                        ));
+                    }
+                }
+            }
+        }
         action.before = Some(Value::Object(before).to_string());
         action.after = Some(Value::Object(after).to_string());
-        if changes.is_empty() {
-            action.message = Some("the workload already has its previous resources".into());
+        if restored.is_empty() {
+            action.message = Some("the workload already has its previous values".into());
             return Ok(action);
         }
-        let patch = resources_patch(&changes)?;
-        workloads
-            .patch(
-                &wr.spec.target.name,
-                &PatchParams::default(),
-                &Patch::<()>::Json(patch),
-            )
-            .await?;
         self.metrics.rollbacks.fetch_add(1, Ordering::Relaxed);
-        action.message = Some(format!(
-            "restored the previous resources of {} {}",
-            kind.as_str(),
-            wr.spec.target.name
-        ));
+        action.message = Some(format!("restored {}", restored.join(" and ")));
         Ok(action)
     }
 }
