@@ -14,6 +14,7 @@ mod ingest;
 mod netmon;
 mod operator;
 mod operator_drain;
+mod operator_stream;
 mod operator_webhook;
 mod prices;
 mod sql_api;

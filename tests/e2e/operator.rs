@@ -31,7 +31,7 @@ pub(crate) const MI: i64 = 1 << 20;
 
 /// The CRDs, installed once per test process from `tally-agent crds` (cluster-scoped and
 /// shared by every test; they are never deleted, so parallel tests keep them).
-fn install_crds(cluster: &Cluster) {
+pub(crate) fn install_crds(cluster: &Cluster) {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         let out = Command::new(tally_agent_bin())
@@ -69,7 +69,7 @@ fn install_crds(cluster: &Cluster) {
 
 /// A `tally-agent operator` process, killed when dropped.
 pub(crate) struct Operator {
-    child: Child,
+    pub(crate) child: Child,
     pub(crate) health_url: String,
     pub(crate) log: PathBuf,
 }
@@ -323,7 +323,7 @@ impl Rig {
 
     /// A Deployment with no replicas (the operator changes its pod template; no pod has to
     /// run for that, which keeps the shared 2-core test machine free).
-    fn deployment(&self, name: &str, labels: &str, containers: &str) {
+    pub(crate) fn deployment(&self, name: &str, labels: &str, containers: &str) {
         let n = &self.ns.name;
         let image = &self.cluster().busybox_image;
         let containers = containers.replace("IMAGE", image);
@@ -422,7 +422,7 @@ spec:
         .await
     }
 
-    async fn metric(&self, name: &str) -> f64 {
+    pub(crate) async fn metric(&self, name: &str) -> f64 {
         let url = &self.operator.as_ref().expect("operator").health_url;
         tally_e2e::prometheus_metrics(url)
             .await
