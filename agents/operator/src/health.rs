@@ -311,4 +311,25 @@ mod tests {
         });
         assert!(w.ready(5_000));
     }
+
+    #[test]
+    fn the_recommendation_stream_is_in_the_metrics() {
+        let m = Metrics::default();
+        m.stream_connected.store(1, Ordering::Relaxed);
+        m.stream_reconnects.fetch_add(2, Ordering::Relaxed);
+        let text = m.render();
+        assert!(
+            text.contains("\ntally_operator_stream_connected 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE tally_operator_stream_reconnects_total counter\ntally_operator_stream_reconnects_total 2\n"), "{text}");
+        assert!(
+            text.contains("\ntally_operator_stream_runs_total 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\ntally_operator_stream_unsupported 0\n"),
+            "{text}"
+        );
+    }
 }

@@ -49,9 +49,11 @@ pub fn backoff_delay(attempt: u32, jitter: f64) -> Duration {
     full.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
 }
 
-/// A number in `[0, 1)` from the operating system's randomness (a UUID v4).
+/// A number in `[0, 1)` from the operating system's randomness (a UUID v4: its low 53
+/// bits are random; the version and variant bits lie above them).
 fn jitter() -> f64 {
-    (uuid::Uuid::new_v4().as_u128() as u64 >> 11) as f64 / (1u64 << 53) as f64
+    let bits = uuid::Uuid::new_v4().as_u128() as u64 & ((1u64 << 53) - 1);
+    bits as f64 / (1u64 << 53) as f64
 }
 
 /// Subscribes to `url`'s recommendation stream in a task of its own. The receiver sees
