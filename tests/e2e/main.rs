@@ -13,6 +13,7 @@ mod idempotent;
 mod ingest;
 mod netmon;
 mod operator;
+mod operator_apply;
 mod operator_drain;
 mod operator_stream;
 mod operator_webhook;

@@ -352,12 +352,12 @@ spec:
     }
 
     /// `.spec` of a Deployment as JSON text (what "byte for byte" is checked on).
-    fn spec_json(&self, name: &str) -> String {
+    pub(crate) fn spec_json(&self, name: &str) -> String {
         self.kubectl(&["get", "deployment", name, "-o", "jsonpath={.spec}"])
             .unwrap()
     }
 
-    fn generation(&self, name: &str) -> String {
+    pub(crate) fn generation(&self, name: &str) -> String {
         self.kubectl(&[
             "get",
             "deployment",
@@ -368,7 +368,7 @@ spec:
         .unwrap()
     }
 
-    fn resources(&self, name: &str, container: &str) -> Value {
+    pub(crate) fn resources(&self, name: &str, container: &str) -> Value {
         let text = self
             .kubectl(&[
                 "get",
@@ -413,7 +413,7 @@ spec:
     }
 
     /// The `actions` rows of Deployment `name`: (operation, result, actor, policy, before, after).
-    async fn actions(&self, name: &str) -> Vec<Vec<Value>> {
+    pub(crate) async fn actions(&self, name: &str) -> Vec<Vec<Value>> {
         self.rows(&format!(
             "SELECT operation, result, actor, policy, before, after FROM actions \
              WHERE namespace = '{}' AND target_name = '{name}' ORDER BY time",
