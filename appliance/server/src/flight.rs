@@ -204,7 +204,12 @@ async fn follow_runs(
                     return;
                 }
             }
-            _ = async { stop.wait_for(|s| *s).await.map(|_| ()) } => return,
+            // A stop channel whose sender is gone (none was given) never stops the stream.
+            _ = async {
+                if stop.wait_for(|s| *s).await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            } => return,
             _ = tx.closed() => return,
         }
     }
@@ -711,6 +716,42 @@ mod tests {
         let status = client.do_get(ticket).await.unwrap_err();
         assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status}");
         served.store.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_finished_analysis_run_is_pushed_to_subscribers() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(StoreConfig::new(dir.path())).await.unwrap();
+        let engine = QueryEngine::new(store.clone(), QueryLimits::default());
+        let (runs, _) = watch::channel(None::<String>);
+        let analyzer = tally_analysis::Analyzer::new(
+            store.clone(),
+            engine.clone(),
+            tally_analysis::AnalysisConfig::default(),
+        )
+        .with_run_notifier(runs.clone());
+        let service = ApplianceFlight::new(store.clone(), engine).with_runs(runs);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(FlightServiceServer::new(service))
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        let mut stream = RecommendationStream::open(&url, None).await.unwrap();
+        // An empty store: the run finds nothing to recommend, and still finishes.
+        let summary = analyzer.run(chrono::Utc::now()).await.unwrap();
+        let event = stream.next().await.unwrap().unwrap();
+        let StreamEvent::Run(run) = event else {
+            panic!("{event:?}");
+        };
+        assert_eq!(run.run_id, summary.run_id);
+        assert_eq!(
+            run.rows,
+            summary.recommendations.values().sum::<usize>(),
+            "{summary:?}"
+        );
+        store.close().await.unwrap();
     }
 
     /// The end markers' run ids among `messages`.
