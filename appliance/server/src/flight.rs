@@ -754,6 +754,21 @@ mod tests {
         store.close().await.unwrap();
     }
 
+    #[tokio::test]
+    async fn a_stream_that_goes_silent_is_given_up_by_the_client() {
+        // Heartbeats an hour apart: to a client expecting one within 300 ms, the
+        // connection looks dead (as one that vanished without a reset would).
+        let served = serve(Duration::from_secs(3600)).await;
+        let mut stream = RecommendationStream::open(&served.url, None)
+            .await
+            .unwrap()
+            .with_silence_timeout(Duration::from_millis(300));
+        let error = stream.next().await.unwrap_err();
+        assert!(matches!(error, SubscribeError::Silent(_)), "{error}");
+        assert!(!error.is_unsupported());
+        served.store.close().await.unwrap();
+    }
+
     /// The end markers' run ids among `messages`.
     fn ends(messages: &[FlightData]) -> Vec<String> {
         messages

@@ -258,3 +258,34 @@ pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'stat
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tally_wire::subscribe::{RecommendationStream, StreamEvent};
+
+    use super::*;
+
+    /// The recommendation stream is wired into a started appliance: subscribers get the
+    /// runs the analyzer finishes, and a shutdown ends their streams cleanly (so the
+    /// Flight server's graceful shutdown does not wait on them).
+    #[tokio::test]
+    async fn the_appliance_streams_its_analysis_runs_and_ends_streams_on_shutdown() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut options = local_options(dir.path());
+        options.analysis_interval = None;
+        let appliance = Appliance::start(options).await.unwrap();
+        let mut stream = RecommendationStream::open(&appliance.flight_url(), None)
+            .await
+            .unwrap();
+        let summary = appliance.analyzer.run(chrono::Utc::now()).await.unwrap();
+        match stream.next().await.unwrap() {
+            Some(StreamEvent::Run(run)) => assert_eq!(run.run_id, summary.run_id),
+            other => panic!("{other:?}"),
+        }
+        appliance.shutdown().await.unwrap();
+        assert!(
+            matches!(stream.next().await, Ok(None)),
+            "the stream ends cleanly when the appliance stops"
+        );
+    }
+}
