@@ -367,7 +367,9 @@ impl FlightSqlService for ApplianceFlight {
                                     .write_keyed(table, batch, key)
                                     .await
                                     .map(|ack| {
-                                        if run_id.is_some() {
+                                        // A resent batch (stored already) announced
+                                        // its run when it was first stored.
+                                        if run_id.is_some() && !ack.duplicate {
                                             new_run = run_id;
                                         }
                                         PutResult {
@@ -658,8 +660,12 @@ mod tests {
         ));
 
         // A DoPut of a new run's rows reaches the subscriber, whole.
+        let key = tally_wire::BatchKey {
+            producer: tally_wire::ProducerId::random(),
+            sequence: 1,
+        };
         writer
-            .write(Table::Recommendations, vec![run_rows("r1", 3)])
+            .write_keyed(Table::Recommendations, vec![(key, run_rows("r1", 3))])
             .await
             .unwrap();
         assert_eq!(next_run(&mut first).await, ("r1".to_string(), 3));
@@ -673,7 +679,13 @@ mod tests {
         let mut second = RecommendationStream::open(&served.url, None).await.unwrap();
         assert_eq!(next_run(&mut second).await, ("r2".to_string(), 2));
 
-        // Rows of another table announce nothing; the subscriber only hears heartbeats.
+        // A resend of r1's batch (its key is durable already) is no new run: announced
+        // nothing, the subscriber only hears heartbeats.
+        let acks = writer
+            .write_keyed(Table::Recommendations, vec![(key, run_rows("r1", 3))])
+            .await
+            .unwrap();
+        assert!(acks[0].duplicate, "{acks:?}");
         let beat = tokio::time::timeout(Duration::from_secs(5), second.next())
             .await
             .unwrap()
