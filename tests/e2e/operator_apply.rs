@@ -163,8 +163,14 @@ async fn replicas_and_hpas_are_applied_and_rolled_back_exactly() {
     // recommended 1).
     let applied = rig.wait_phase("steady", "Applied");
     assert_eq!(
-        rig.kubectl(&["get", "deployment", "steady", "-o", "jsonpath={.spec.replicas}"])
-            .unwrap(),
+        rig.kubectl(&[
+            "get",
+            "deployment",
+            "steady",
+            "-o",
+            "jsonpath={.spec.replicas}"
+        ])
+        .unwrap(),
         "2"
     );
     assert_eq!(applied["spec"]["replicas"]["recommended"], 1, "{applied}");
@@ -195,8 +201,7 @@ async fn replicas_and_hpas_are_applied_and_rolled_back_exactly() {
         json!({"name": "memory", "target": {"type": "Utilization", "averageUtilization": 90}})
     );
     assert_eq!(
-        scaled_wr["status"]["previousScaling"]["apiVersion"],
-        "autoscaling/v2beta2",
+        scaled_wr["status"]["previousScaling"]["apiVersion"], "autoscaling/v2beta2",
         "{scaled_wr}"
     );
     assert_eq!(finalizers(&rig, "scaled"), ["tally.dev/rollback"]);
@@ -323,7 +328,8 @@ async fn only_recommendations_with_something_to_restore_hold_a_finalizer() {
         cpu: (1.0, 0.5),
         memory: (256 * MI, 128 * MI),
     };
-    rig.recommend("run-f", &[rec("pending"), rec("applied")]).await;
+    rig.recommend("run-f", &[rec("pending"), rec("applied")])
+        .await;
 
     // Nothing to roll back: no finalizer. Applied with previous values: the finalizer.
     rig.wait_phase("pending", "Pending");
@@ -372,7 +378,10 @@ async fn only_recommendations_with_something_to_restore_hold_a_finalizer() {
             "jsonpath={.items[*].metadata.name}",
         ])
         .unwrap();
-    assert_eq!(left, "deployment-applied", "the dismissed one is not re-created");
+    assert_eq!(
+        left, "deployment-applied",
+        "the dismissed one is not re-created"
+    );
 
     // Deleting the Applied one rolls back through the finalizer, then it goes.
     rig.kubectl(&[

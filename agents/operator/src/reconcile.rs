@@ -1042,10 +1042,14 @@ impl Reconciler {
             status.previous_scaling = Some(plan.previous());
             keep_previous = true;
         }
+        let api: Api<WorkloadRecommendation> = Api::namespaced(self.client.clone(), &ns);
         if keep_previous {
             status.message = Some("applying".into());
-            let api: Api<WorkloadRecommendation> = Api::namespaced(self.client.clone(), &ns);
             self.write_status(&api, wr, &status).await?;
+        }
+        // Also when the previous values were kept on an earlier pass that failed before
+        // the finalizer was added: never change the workload without it.
+        if keep_previous || !wr.finalizers().iter().any(|f| f == FINALIZER) {
             self.set_rollback_finalizer(&api, &wr.name_any(), true)
                 .await?;
         }
