@@ -8,11 +8,19 @@
 //!    before anything changes. No covering policy: the workload is never touched.
 //!    Audit-only: the recommendation is shown, never applied. Auto-apply inside a time
 //!    window: the container requests/limits are patched within the policy's bounds and
-//!    maximum step, the previous `resources` kept in the status first; or, when a policy
-//!    applies through the admission webhook, the workload is left as it is and the updater
+//!    maximum step, and the replicas or the HPA's min/max/CPU target set ([`crate::scaling`]),
+//!    the previous values kept in the status first; or, when a policy applies through the
+//!    admission webhook, the workload is left as it is and the updater
 //!    ([`crate::updater`]) evicts running pods that differ, one per pass. Deleting the
-//!    recommendation (finalizer) or rejecting it after it was applied restores the
-//!    previous `resources` exactly.
+//!    recommendation or rejecting it after it was applied restores the previous values
+//!    exactly.
+//!
+//! Finalizers only where needed: a recommendation carries `tally.dev/rollback` only while
+//! its status keeps previous values to restore (added before the first change, removed once
+//! they are restored), so deleting it, its namespace or the CRDs never waits for an operator
+//! that is gone. Deleting one without the finalizer dismisses it for its run too: the
+//! operator remembers every recommendation it saw in this process and logs one that
+//! disappeared as dismissed (one deleted while no operator ran is not known and comes back).
 //!
 //! Each decision is appended once to the appliance's `actions` table.
 

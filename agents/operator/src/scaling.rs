@@ -512,6 +512,72 @@ mod tests {
     }
 
     #[test]
+    fn replicas_and_hpa_rows_join_the_workloads_recommendation() {
+        use arrow::array::{Float64Array, Int64Array, StringArray};
+        use std::sync::Arc;
+        let text = |v: Vec<&str>| Arc::new(StringArray::from(v)) as Arc<dyn Array>;
+        let int = |v: Vec<Option<i64>>| Arc::new(Int64Array::from(v)) as Arc<dyn Array>;
+        let float = |v: Vec<Option<f64>>| Arc::new(Float64Array::from(v)) as Arc<dyn Array>;
+        let batch = RecordBatch::try_from_iter(vec![
+            ("kind", text(vec!["replicas", "hpa", "replicas"])),
+            ("namespace", text(vec!["ns", "ns", "ns"])),
+            (
+                "target_kind",
+                text(vec!["Deployment", "Deployment", "ReplicaSet"]),
+            ),
+            ("target_name", text(vec!["web", "api", "bare"])),
+            ("current_replicas", int(vec![Some(4), Some(2), Some(1)])),
+            ("recommended_replicas", int(vec![Some(3), Some(1), Some(2)])),
+            ("current_max_replicas", int(vec![None, Some(10), None])),
+            ("recommended_max_replicas", int(vec![None, Some(6), None])),
+            (
+                "current_target_cpu_utilization",
+                float(vec![None, Some(0.8), None]),
+            ),
+            (
+                "recommended_target_cpu_utilization",
+                float(vec![None, Some(0.7), None]),
+            ),
+            ("confidence", float(vec![Some(0.5), Some(0.9), Some(1.0)])),
+            ("why", text(vec!["steady", "swings", "x"])),
+            (
+                "savings_monthly_usd",
+                float(vec![Some(7.5), Some(0.0), Some(1.0)]),
+            ),
+        ])
+        .unwrap();
+        let mut rows = vec![WorkloadRow {
+            run_id: "r".into(),
+            namespace: "ns".into(),
+            kind: WorkloadKind::Deployment,
+            name: "web".into(),
+            containers: Vec::new(),
+            replicas: Some((Some(4), None)),
+            hpa: None,
+            confidence: 0.9,
+            why: "p95".into(),
+            savings_monthly_usd: 10.0,
+        }];
+        merge_scaling(&mut rows, "r", &[batch]);
+        assert_eq!(rows.len(), 2, "the ReplicaSet is left out: {rows:?}");
+        let web = &rows[0];
+        assert_eq!(web.replicas, Some((Some(4), Some(3))));
+        assert_eq!(web.savings_monthly_usd, 17.5);
+        assert_eq!(web.confidence, 0.5);
+        assert_eq!(web.why, "p95 steady");
+        let api = &rows[1];
+        assert_eq!(api.name, "api");
+        assert!(api.containers.is_empty());
+        let hpa = api.hpa.as_ref().unwrap();
+        assert_eq!(
+            (hpa.recommended_min_replicas, hpa.recommended_max_replicas),
+            (Some(1), Some(6))
+        );
+        assert_eq!(hpa.recommended_target_cpu_utilization, Some(0.7));
+        assert_eq!(api.replicas, None);
+    }
+
+    #[test]
     fn the_newest_hpa_api_served_is_used() {
         assert_eq!(
             hpa_api_in(&groups(&["v1", "v2", "v2beta2"])),
