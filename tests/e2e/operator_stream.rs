@@ -33,8 +33,9 @@ impl ApplianceStart {
     }
 }
 
-/// The rig of `operator.rs`, with the operator polling once an hour.
-async fn stream_rig(prefix: &str) -> (Rig, ApplianceStart, tally_wire::ClientTls) {
+/// The rig of `operator.rs`, with the operator polling once an hour; `extra`: more flags
+/// of `tally serve`.
+async fn stream_rig(prefix: &str, extra: &[&str]) -> (Rig, ApplianceStart, tally_wire::ClientTls) {
     let cluster = cluster();
     install_crds(&cluster);
     let mut ns = TestNamespace::create(&cluster, prefix);
@@ -81,8 +82,10 @@ async fn stream_rig(prefix: &str) -> (Rig, ApplianceStart, tally_wire::ClientTls
             "--bootstrap-listen",
             &bootstrap,
         ]
-        .map(str::to_string)
-        .to_vec(),
+        .iter()
+        .chain(extra)
+        .map(|a| a.to_string())
+        .collect(),
     };
     let appliance = start.start();
     let ca_pem = cluster.published_ca(&n);
@@ -203,7 +206,7 @@ fn wait_recommendation(rig: &Rig, name: &str, run_id: &str, within: Duration) ->
 
 #[tokio::test(flavor = "multi_thread")]
 async fn runs_arrive_over_the_stream_and_after_an_appliance_restart() {
-    let (mut rig, start, test_tls) = stream_rig("opstream").await;
+    let (mut rig, start, test_tls) = stream_rig("opstream", &[]).await;
     let standard = container("main", "{requests: {cpu: '1', memory: 256Mi}}");
     rig.deployment("web", "", &standard);
     rig.deployment("api", "", &standard);
@@ -276,4 +279,47 @@ async fn runs_arrive_over_the_stream_and_after_an_appliance_restart() {
     eprintln!("run-2 became a WorkloadRecommendation {took:?} after it was written");
     let log = operator_log(&rig);
     assert!(log.contains("run_id=run-2"), "{log}");
+}
+
+/// A subscription does not outlive its client certificate: with certificates valid for
+/// 15 s (renewed at two thirds), the operator subscribes again with the renewed one, and
+/// the new subscription delivers (the newest run again).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_stream_is_made_again_when_its_certificate_is_due_for_renewal() {
+    let (mut rig, _start, _tls) = stream_rig("opstreamcert", &["--agent-cert-ttl", "15s"]).await;
+    let standard = container("main", "{requests: {cpu: '1', memory: 256Mi}}");
+    rig.deployment("web", "", &standard);
+    let minute = Duration::from_secs(60);
+    metric_is(&rig, "tally_operator_stream_connected", 1.0, false, minute).await;
+    rig.recommend(
+        "run-1",
+        &[Rec {
+            name: "web",
+            container: "main",
+            cpu: (1.0, 0.25),
+            memory: (256 * MI, 200 * MI),
+        }],
+    )
+    .await;
+    wait_recommendation(&rig, "web", "run-1", minute);
+    let took = metric_is(
+        &rig,
+        "tally_operator_stream_reconnects_total",
+        1.0,
+        true,
+        minute,
+    )
+    .await;
+    eprintln!("subscribed again {took:?} after run-1 arrived (certificate renewal)");
+    // The new subscription starts with the newest run: run-1 arrives a second time.
+    metric_is(&rig, "tally_operator_stream_runs_total", 2.0, true, minute).await;
+    let log = operator_log(&rig);
+    assert!(
+        log.contains("the client certificate is due for renewal"),
+        "{log}"
+    );
+    assert!(
+        log.contains("reconnected to the recommendation stream"),
+        "{log}"
+    );
 }

@@ -37,7 +37,7 @@ pub struct Metrics {
     pub webhook_probe_failures: AtomicU64,
     /// The recommendation stream ([`crate::stream`]): subscribed now (1) or not (0).
     pub stream_connected: AtomicU64,
-    /// Subscriptions made again after one was lost.
+    /// Subscriptions made again after one ended (lost, or its certificate due for renewal).
     pub stream_reconnects: AtomicU64,
     /// Analysis runs received over the stream.
     pub stream_runs: AtomicU64,
@@ -159,7 +159,7 @@ impl Metrics {
             (
                 "tally_operator_stream_reconnects_total",
                 "counter",
-                "Subscriptions to the recommendation stream made again after one was lost.",
+                "Subscriptions to the recommendation stream made again after one ended (lost, or its certificate due for renewal).",
                 load(&self.stream_reconnects),
             ),
             (

@@ -8,7 +8,10 @@
 //! task reconnects with exponential backoff (0.5 s doubling to a 30 s cap, with jitter so
 //! many operators do not reconnect in step), and says so in the log and in `/metrics`:
 //! `tally_operator_stream_connected` (gauge), `tally_operator_stream_reconnects_total`
-//! (subscriptions made again after one was lost), `tally_operator_stream_runs_total`.
+//! (subscriptions made again after one ended), `tally_operator_stream_runs_total`.
+//! A subscription also ends when its client certificate is due for renewal (two thirds of
+//! its life): it is made again at once with the renewed certificate, so a stream never
+//! outlives the certificate it was opened with.
 //!
 //! An appliance without the stream (an older version) answers `Unimplemented`: the task
 //! logs it once, sets `tally_operator_stream_unsupported` and ends, and the operator keeps
@@ -84,6 +87,15 @@ async fn subscribe(url: &str, tls: &mut AgentTls) -> Result<RecommendationStream
 
 const UNSUPPORTED: &str = "unsupported";
 
+/// Resolves at `renew_at_ms` (Unix ms); never without a certificate.
+async fn renewal_due(renew_at_ms: Option<i64>) {
+    let Some(at) = renew_at_ms else {
+        return std::future::pending().await;
+    };
+    let now = chrono::Utc::now().timestamp_millis();
+    tokio::time::sleep(Duration::from_millis((at - now).max(0) as u64)).await;
+}
+
 async fn follow(
     url: String,
     credentials: Credentials,
@@ -104,8 +116,19 @@ async fn follow(
                     tracing::info!(appliance = %url, "subscribed to the recommendation stream");
                 }
                 subscribed_before = true;
+                // A stream outlives no certificate: subscribe again (with the renewed one)
+                // once the current one is due for renewal.
+                let renew = renewal_due(tls.renew_at_ms());
+                tokio::pin!(renew);
                 let reason = loop {
-                    match stream.next().await {
+                    let next = tokio::select! {
+                        next = stream.next() => next,
+                        _ = &mut renew => {
+                            attempt = 0;
+                            break "the client certificate is due for renewal".to_string();
+                        }
+                    };
+                    match next {
                         Ok(Some(StreamEvent::Run(run))) => {
                             attempt = 0;
                             metrics.stream_runs.fetch_add(1, Ordering::Relaxed);

@@ -82,6 +82,13 @@ impl AgentTls {
         self.certificate.as_ref()
     }
 
+    /// When the held certificate is due for renewal (Unix ms; `None` without one). A
+    /// long-lived connection (the recommendation stream) reconnects then, so that it does
+    /// not outlive its certificate.
+    pub fn renew_at_ms(&self) -> Option<i64> {
+        self.certificate.as_ref().map(|_| self.renew_at_ms)
+    }
+
     /// How many requests to the bootstrap endpoint failed so far (including renewals that
     /// failed while the previous certificate was still valid).
     pub fn failures(&self) -> u64 {
