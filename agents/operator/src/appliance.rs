@@ -1,6 +1,8 @@
 //! The operator's link to the appliance, over mutual TLS on the appliance's Flight port:
 //! recommendations are read with a Flight SQL query (the latest analysis run), actions are
-//! appended to the `actions` table with Flight `DoPut`.
+//! appended to the `actions` table with Flight `DoPut`. When a run finishes the appliance
+//! pushes it over its recommendation stream ([`crate::stream`]), which triggers a pass that
+//! reads it here: pushed and polled runs go through the same code.
 //!
 //! The certificate comes from the appliance's bootstrap endpoint (the ServiceAccount token
 //! proves who the operator is) and is renewed at two thirds of its life by

@@ -10,7 +10,8 @@
 //! `tally_operator_stream_connected` (gauge), `tally_operator_stream_reconnects_total`
 //! (subscriptions made again after one ended), `tally_operator_stream_runs_total`.
 //! A subscription also ends when its client certificate is due for renewal (two thirds of
-//! its life): it is made again at once with the renewed certificate, so a stream never
+//! its life): it is made again after the first backoff step (at most 0.5 s) with the
+//! renewed certificate, so a stream never
 //! outlives the certificate it was opened with.
 //!
 //! An appliance without the stream (an older version) answers `Unimplemented`: the task
