@@ -86,6 +86,9 @@ pub struct Memory {
     /// What the API server offers (HPA version, in-place resize), discovered once per pass
     /// when a recommendation needs it.
     pub apis: Option<crate::scaling::Apis>,
+    /// Per recommendation (namespace, name): the action of a decision that could not be
+    /// logged, with its key, sent again on the next pass.
+    pub unlogged: HashMap<(String, String), (String, ActionRow)>,
 }
 
 /// Whether a recommendation's status keeps something a rollback would restore: only then
@@ -705,7 +708,18 @@ impl Reconciler {
             .decide(wr, &old, policies, namespace_labels, now)
             .await?;
         let mut status = outcome.status;
-        if let Some((key, action)) = outcome.action
+        // A change whose action could not be logged is not decided again on the next pass
+        // (the workload has it already): the action is kept and sent again, with the same
+        // keys (`Appliance::log`), until it is stored.
+        let unlogged = (ns.clone(), wr.name_any());
+        let action = match outcome.action {
+            Some(action) => {
+                self.memory.unlogged.remove(&unlogged);
+                Some(action)
+            }
+            None => self.memory.unlogged.remove(&unlogged),
+        };
+        if let Some((key, action)) = action
             && old.last_logged.as_deref() != Some(key.as_str())
         {
             match self.appliance.log(std::slice::from_ref(&action)).await {
@@ -716,6 +730,7 @@ impl Reconciler {
                 Err(error) => {
                     self.metrics.errors.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(%error, "cannot log the action; retried next pass");
+                    self.memory.unlogged.insert(unlogged, (key, action));
                 }
             }
         } else {
