@@ -24,7 +24,8 @@ if [ -z "${TALLY_SKIP_INSTALL:-}" ]; then
   step "installing test dependencies"
   # chromium + chromium-driver: the web UI's end-to-end tests drive a real headless Chromium.
   # victoria-metrics + prometheus: the peers benchmark (tally-bench peers) loads the same data into them.
-  debs=(python3 python3-venv ca-certificates chromium chromium-driver clang-19 libbpf-dev bpftool conntrack nftables iproute2 victoria-metrics prometheus)
+  # binutils: objcopy strips the release binaries for the in-cluster install's image.
+  debs=(python3 python3-venv ca-certificates binutils chromium chromium-driver clang-19 libbpf-dev bpftool conntrack nftables iproute2 victoria-metrics prometheus)
   missing=()
   for pkg in "${debs[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -87,6 +88,15 @@ if [ -z "${TALLY_KUBECONFIG:-}" ]; then
       env -u TALLY_KUBECTL -u TALLY_IMAGE_BUSYBOX \
       cargo test --quiet -p tally-e2e --test e2e -- --test-threads=2 collector::
   )
+fi
+
+if [ -z "${TALLY_KUBECONFIG:-}" ]; then
+  # Issue 12: the release binaries in an image built without a registry or Docker, imported
+  # into the nodes, the chart rendered by Helm 4 and applied; readiness, data, analysis, UI,
+  # export, a restart, an upgrade, no egress, uninstall. Figures: benchmarks/RESULTS.md.
+  step "Tally installed in the test cluster as an air-gapped user installs it (release build, image, chart)"
+  cargo build --release --quiet -p tally-appliance -p tally-benchmarks -p tally-agent
+  python3 tests/install/airgap.py --results "$CARGO_TARGET_DIR/install-results.md"
 fi
 
 step "benchmarks at a tiny size (so they cannot rot; real numbers: benchmarks/RESULTS.md)"

@@ -16,6 +16,9 @@ given host files (and, with --ldd, the shared libraries they link), e.g.
       --file target/debug/tally:/usr/local/bin/tally --ldd \\
       --cmd /usr/local/bin/tally --cmd serve
 
+With --bare, that image has no busybox layer: only the files, their
+libraries, /tmp and an /etc/passwd naming uid 65532 (as a distroless image).
+
 Import into a node:  ctr -a $NODE_DIR/containerd.sock -n k8s.io images import out.tar
 The output is deterministic (fixed mtimes, sorted entries).
 """
@@ -114,8 +117,13 @@ def shared_libs(path: str):
     return libs
 
 
-def files_layer(specs, with_libs: bool) -> bytes:
+def files_layer(specs, with_libs: bool, bare: bool = False) -> bytes:
     layer = Layer()
+    if bare:
+        layer.dir("tmp", 0o1777)
+        layer.file("etc/passwd", b"root:x:0:0:root:/root:/sbin/nologin\n"
+                   b"nonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n")
+        layer.file("etc/group", b"root:x:0:\nnonroot:x:65532:\n")
     entries = {}
     for spec in specs:
         src, _, dest = spec.partition(":")
@@ -168,6 +176,9 @@ def main():
                     help="also add the shared libraries of every --file")
     ap.add_argument("--cmd", action="append", default=None,
                     help="Cmd of the extra image, one argument per --cmd")
+    ap.add_argument("--bare", action="store_true",
+                    help="the extra image holds only its files (and libraries), an empty "
+                         "/tmp and /etc/passwd naming uid 65532: no busybox, no shell")
     args = ap.parse_args()
     busybox = args.busybox_pos or args.busybox
 
@@ -184,9 +195,10 @@ def main():
         (PAUSE_IMAGE, [bb], config([bb], None, ["/bin/sh", "-c", PAUSE_SCRIPT])),
     ]
     if args.image:
-        extra = add_layer(files_layer(args.file, args.ldd))
-        images.append((args.image, [bb, extra],
-                       config([bb, extra], args.cmd or ["sh"])))
+        extra = add_layer(files_layer(args.file, args.ldd, args.bare))
+        base = [] if args.bare else [bb]
+        images.append((args.image, base + [extra],
+                       config(base + [extra], args.cmd or ["sh"])))
 
     manifest = []
     tmp = args.out + ".tmp"

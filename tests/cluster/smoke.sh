@@ -165,6 +165,24 @@ pass "kubectl exec works and pod $pod_a reaches the other pod at $ip_b ($(grep -
 timeout 30 "${TALLY_KUBECTL}" -n "$NS" logs "$pod_a" >/dev/null || fail "kubectl logs $pod_a failed"
 pass "kubectl logs works"
 
+# ---------------------------------------------------------------- services and DNS
+# kube-proxy (ClusterIP) and the cluster DNS: a pod resolves a service of its own namespace by
+# its short name (search path) and kubernetes.default by its full name, and connects to both.
+k -n "$NS" label pod "$pod_a" smoke=echo >/dev/null || fail "labelling $pod_a failed"
+k -n "$NS" expose pod "$pod_a" --name=smoke-echo --selector=smoke=echo --port=8081 --target-port=8081 >/dev/null \
+  || fail "creating service smoke-echo failed"
+timeout 30 "${TALLY_KUBECTL}" -n "$NS" exec "$pod_a" -- sh -c 'setsid nc -ll -p 8081 -e echo smoke-ok >/dev/null 2>&1 &' \
+  || fail "starting a listener in $pod_a failed"
+pod_b=$(k -n "$NS" get pods -l app=busybox -o jsonpath='{.items[1].metadata.name}')
+deadline=$(( $(date +%s) + 60 ))
+until out=$(timeout 20 "${TALLY_KUBECTL}" -n "$NS" exec "$pod_b" -- sh -c \
+    "nc -w 3 smoke-echo 8081 </dev/null && echo | nc -w 3 kubernetes.default.svc.cluster.local 443 && echo api-ok" 2>&1) \
+    && grep -q smoke-ok <<<"$out" && grep -q api-ok <<<"$out"; do
+  (( $(date +%s) < deadline )) || fail "service smoke-echo / kubernetes.default not reachable by name from $pod_b: $out"
+  sleep 2
+done
+pass "kube-proxy and cluster DNS: $pod_b reached service smoke-echo (short name) and kubernetes.default.svc.cluster.local"
+
 # ---------------------------------------------------------------- OOM kill
 k apply -f - >/dev/null <<EOF
 apiVersion: v1

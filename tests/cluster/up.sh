@@ -555,9 +555,9 @@ imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 evictionHard:
   memory.available: 100Mi
-  nodefs.available: 1%
+  nodefs.available: 256Mi
   nodefs.inodesFree: 1%
-  imagefs.available: 1%
+  imagefs.available: 256Mi
 evictionPressureTransitionPeriod: 10s
 # emptyDir usage is measured every 10 s instead of every minute, so an emptyDir
 # over its sizeLimit is evicted within seconds (the collector test relies on it).
@@ -613,6 +613,9 @@ kubeconfig "$D/kube-proxy.kubeconfig" "$IN_API" system:kube-proxy cert kube-prox
 for i in $(seq 1 "$NODES"); do
   n=$(node_name "$i"); ND="$D/$n"
   nsenter --net="/run/netns/$n" -- sysctl -qw net.bridge.bridge-nf-call-iptables=1
+  # Per-connection byte counters and timestamps, as a node image for netmon's conntrack mode
+  # sets them (a container cannot: /proc/sys is read-only in it).
+  nsenter --net="/run/netns/$n" -- sysctl -qw net.netfilter.nf_conntrack_acct=1 net.netfilter.nf_conntrack_timestamp=1
   cat >"$ND/kube-proxy.yaml" <<EOF
 apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration

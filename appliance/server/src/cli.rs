@@ -105,6 +105,15 @@ pub struct ServeArgs {
     /// run off (POST /api/v1/analysis/run still runs one).
     #[arg(long, env = "TALLY_ANALYSIS_INTERVAL", default_value = "5m", value_parser = parse_duration)]
     pub analysis_interval: Duration,
+    /// Hours of history (and of container-hours) after which a rightsizing recommendation
+    /// has full confidence; confidence grows linearly up to it.
+    #[arg(long, env = "TALLY_ANALYSIS_CONFIDENT_HOURS", default_value_t = 168.0, value_parser = parse_positive)]
+    pub analysis_confident_hours: f64,
+    /// Below this confidence (0..1) a rightsizing recommendation keeps the current requests
+    /// and says it is held back (an OOM kill is never held back). 0 recommends from the first
+    /// samples on, e.g. to try Tally on a fresh cluster.
+    #[arg(long, env = "TALLY_ANALYSIS_HOLD_BELOW_CONFIDENCE", default_value_t = 0.25, value_parser = parse_fraction)]
+    pub analysis_hold_below_confidence: f64,
     /// The Kubernetes API server UI sign-ins are checked against (TokenReview and
     /// SubjectAccessReview), e.g. https://10.0.0.1:443. Default: in a pod, the cluster's own
     /// (KUBERNETES_SERVICE_HOST and the service account); elsewhere nobody can sign in.
@@ -331,5 +340,19 @@ mod tests {
                 .unwrap_err()
                 .starts_with("unknown table `nope`")
         );
+    }
+}
+
+fn parse_positive(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("expected a number above 0, got `{text}`")),
+    }
+}
+
+fn parse_fraction(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("expected a number from 0 to 1, got `{text}`")),
     }
 }

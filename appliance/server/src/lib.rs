@@ -41,6 +41,8 @@ pub struct ApplianceOptions {
     /// Run the analyses (rightsizing, replicas, consolidation, instance types) this often;
     /// `None` runs them only on `POST /api/v1/analysis/run`.
     pub analysis_interval: Option<Duration>,
+    /// The analyses' knobs (`--analysis-*`).
+    pub analysis: tally_analysis::AnalysisConfig,
     /// The user's price overrides (`--prices`), written to `prices` at start.
     pub price_overrides: Vec<tally_analysis::catalog::CatalogPrice>,
 }
@@ -145,12 +147,8 @@ impl Appliance {
             },
         );
         let analyzer = Arc::new(
-            tally_analysis::Analyzer::new(
-                store.clone(),
-                analysis_engine,
-                tally_analysis::AnalysisConfig::default(),
-            )
-            .with_run_notifier(runs),
+            tally_analysis::Analyzer::new(store.clone(), analysis_engine, options.analysis.clone())
+                .with_run_notifier(runs),
         );
         let loaded = analyzer
             .load_price_overrides(&options.price_overrides, chrono::Utc::now())
@@ -236,6 +234,7 @@ pub fn local_options(data_dir: impl Into<PathBuf>) -> ApplianceOptions {
         analysis_memory_bytes: 2 << 30,
         sign_in: tally_ui::SignIn::OneTimeLink,
         analysis_interval: Some(Duration::from_secs(300)),
+        analysis: tally_analysis::AnalysisConfig::default(),
         price_overrides: Vec::new(),
     }
 }

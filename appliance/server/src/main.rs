@@ -112,6 +112,11 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         analysis_memory_bytes: args.store.analysis_memory,
         sign_in: sign_in(&args)?,
         analysis_interval: (!args.analysis_interval.is_zero()).then_some(args.analysis_interval),
+        analysis: tally_analysis::AnalysisConfig {
+            confident_hours: args.analysis_confident_hours,
+            hold_below_confidence: args.analysis_hold_below_confidence,
+            ..tally_analysis::AnalysisConfig::default()
+        },
         price_overrides,
     };
     let appliance = Appliance::start(options).await.map_err(|e| e.to_string())?;
