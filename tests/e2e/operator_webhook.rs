@@ -423,7 +423,7 @@ spec:
                 let phase = rig.kubectl(&[
                     "get",
                     "workloadrecommendations.tally.dev",
-                    &wr,
+                    wr,
                     "-o",
                     "jsonpath={.status.phase}",
                 ])?;
