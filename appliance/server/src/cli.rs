@@ -306,6 +306,20 @@ pub fn parse_retention(text: &str) -> Result<(Table, Duration), String> {
     ))
 }
 
+fn parse_positive(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("expected a number above 0, got `{text}`")),
+    }
+}
+
+fn parse_fraction(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("expected a number from 0 to 1, got `{text}`")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -341,18 +355,15 @@ mod tests {
                 .starts_with("unknown table `nope`")
         );
     }
-}
 
-fn parse_positive(text: &str) -> Result<f64, String> {
-    match text.parse::<f64>() {
-        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
-        _ => Err(format!("expected a number above 0, got `{text}`")),
-    }
-}
-
-fn parse_fraction(text: &str) -> Result<f64, String> {
-    match text.parse::<f64>() {
-        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
-        _ => Err(format!("expected a number from 0 to 1, got `{text}`")),
+    #[test]
+    fn analysis_knobs_refuse_values_out_of_range() {
+        assert_eq!(parse_fraction("0"), Ok(0.0));
+        assert_eq!(parse_fraction("0.25"), Ok(0.25));
+        assert!(parse_fraction("1.5").unwrap_err().contains("from 0 to 1"));
+        assert!(parse_fraction("x").is_err());
+        assert_eq!(parse_positive("168"), Ok(168.0));
+        assert!(parse_positive("0").unwrap_err().contains("above 0"));
+        assert!(parse_positive("inf").is_err());
     }
 }
