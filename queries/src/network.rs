@@ -56,6 +56,12 @@ pub const NETWORK_COST_BY_WORKLOAD_PAIR: Query = network_view!("network_cost_by_
 /// Traffic leaving the cluster by destination domain.
 pub const NETWORK_EGRESS_BY_DOMAIN: Query = network_view!("network_egress_by_domain");
 
+/// Bytes sent and received by source namespace and destination domain, every flow, unpriced.
+pub const NETWORK_BYTES_BY_NAMESPACE_DOMAIN: Query = crate::query!(
+    "network_bytes_by_namespace_domain",
+    ["window_start", "window_end"]
+);
+
 /// Every network query.
 pub const ALL: &[Query] = &[
     NETWORK_CLASS_RULES,
@@ -64,4 +70,5 @@ pub const ALL: &[Query] = &[
     NETWORK_COST_BY_CLASS,
     NETWORK_COST_BY_WORKLOAD_PAIR,
     NETWORK_EGRESS_BY_DOMAIN,
+    NETWORK_BYTES_BY_NAMESPACE_DOMAIN,
 ];
