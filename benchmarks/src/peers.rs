@@ -18,10 +18,16 @@
 //! OpenCost's default rates, which every system can compute from what it holds). Measured:
 //! load rate, bytes on disk per row, query wall times (each query twice), peak RSS (VmHWM) of
 //! every process; and whether the answers agree, against DuckDB's exact percentiles.
+//!
+//! Then the same cluster's `network_flows` over the same window go through the same four
+//! systems, each a fresh instance ([`flows`]): load rate, bytes on disk per row, peak RSS,
+//! and bytes sent and received by source namespace and destination domain over the whole
+//! window (Tally: `queries/network_bytes_by_namespace_domain.sql`), checked against DuckDB.
 //! Every server listens on 127.0.0.1 only. No assertion is made on any time.
 
 mod compare;
 mod dataset;
+mod flows;
 mod promql;
 
 use std::collections::{HashMap, HashSet};
@@ -88,6 +94,13 @@ struct Window {
     memory_factor: f64,
 }
 
+impl Window {
+    /// Tally's flush interval: its default 10 s, or the settle time when shorter.
+    fn flush(&self) -> Duration {
+        self.settle.min(Duration::from_secs(10))
+    }
+}
+
 pub async fn peers(options: Options) -> (String, String) {
     let work = &options.work_dir;
     let _ = std::fs::remove_dir_all(work);
@@ -116,6 +129,7 @@ pub async fn peers(options: Options) -> (String, String) {
     let (prom_load, prom_answers) = prometheus(&ds, work, &window, repeat).await;
     let (duck_load, duck_answers, duck_version, short) =
         duckdb(&export, work, &window, repeat, &versions.python);
+    let flows = flows::flows(&ds, work, &window, repeat, &versions.python).await;
 
     if !options.keep {
         let _ = std::fs::remove_dir_all(work);
@@ -133,7 +147,11 @@ pub async fn peers(options: Options) -> (String, String) {
     ];
     (
         "peers".into(),
-        report(&ds, &versions, &loads, &answered, &short, &window, repeat),
+        format!(
+            "{}\n\n{}",
+            report(&ds, &versions, &loads, &answered, &short, &window, repeat),
+            flows::report(&ds, &flows, &window, repeat)
+        ),
     )
 }
 
@@ -320,13 +338,11 @@ fn rfc3339(ms: i64) -> String {
         .to_string()
 }
 
-async fn tally(
-    ds: &Dataset,
-    work: &Path,
-    window: &Window,
-    repeat: usize,
-) -> (Load, Vec<Answered>, Export) {
-    let data = work.join("tally-data");
+/// Starts `tally serve` on `data` (loopback ports, analysis off, the past kept): the server
+/// and its Flight address.
+/// Flushes every `flush` (the benchmark uses 10 s, Tally's default, or the settle time when
+/// that is shorter, so `--tiny` does not wait 10 s for each flush).
+async fn start_tally(data: &Path, log: &Path, flush: Duration) -> (Server, String) {
     let (flight_port, http_port) = (promql::free_port(), promql::free_port());
     let mut command = Command::new(crate::tally_bin());
     command
@@ -334,34 +350,29 @@ async fn tally(
         .args(["--flight-listen", &format!("127.0.0.1:{flight_port}")])
         .args(["--http-listen", &format!("127.0.0.1:{http_port}")])
         .arg("--data-dir")
-        .arg(&data)
+        .arg(data)
         // The dataset lies in the past: keep it whatever today's date is.
         .args(["--retention", "container_usage=36500d"])
         .args(["--retention", "container_usage_hourly=36500d"])
+        .args(["--retention", "network_flows=36500d"])
         .args(["--maintenance-interval", "5s", "--delete-grace", "1s"])
+        .args(["--flush-interval", &format!("{}ms", flush.as_millis())])
         // The raw-row query reads every sample: give it the room and time the peers get.
         .args(["--query-memory", "8GiB", "--query-timeout", "1h"]);
-    let server = Server::start(
-        "tally",
-        command,
-        http_port,
-        "/readyz",
-        &work.join("logs/tally.log"),
-    )
-    .await;
-    let base = server.base.clone();
-    let flight = format!("http://127.0.0.1:{flight_port}");
+    let server = Server::start("tally", command, http_port, "/readyz", log).await;
+    (server, format!("http://127.0.0.1:{flight_port}"))
+}
 
-    eprintln!("  peers: loading Tally");
+/// Sends an Arrow file's batches to `table` over Flight DoPut from two clients, 8 batches per
+/// call; returns when every call was acknowledged.
+async fn flight_load(file: &Path, table: Table, flight: &str) {
     let (send, receive) = tokio::sync::mpsc::channel(4);
-    let file = ds.arrow_file.clone();
+    let file = file.to_path_buf();
     let reader = tokio::task::spawn_blocking(move || dataset::read_batches(&file, 8, send));
     let receive = Arc::new(tokio::sync::Mutex::new(receive));
-    let cpu_before = machine::process_cpu_seconds(server.pid());
-    let started = Instant::now();
     let mut clients = Vec::new();
     for _ in 0..2 {
-        let (receive, flight) = (receive.clone(), flight.clone());
+        let (receive, flight) = (receive.clone(), flight.to_string());
         clients.push(tokio::spawn(async move {
             let mut client = IngestClient::connect(&flight, None)
                 .await
@@ -369,10 +380,7 @@ async fn tally(
             loop {
                 let next = receive.lock().await.recv().await;
                 let Some(group) = next else { break };
-                client
-                    .write(Table::ContainerUsage, group)
-                    .await
-                    .expect("write to Tally");
+                client.write(table, group).await.expect("write to Tally");
             }
         }));
     }
@@ -380,6 +388,70 @@ async fn tally(
         client.await.expect("client");
     }
     reader.await.expect("reader");
+}
+
+/// Lets compaction finish (and the files it replaced be deleted) before the disk is measured:
+/// returns when compactions and file count stayed unchanged for `settle` (at most 180 s).
+async fn settle_tally(base: &str, settle: Duration) {
+    let started = Instant::now();
+    let mut last = (u64::MAX, u64::MAX);
+    let mut steady_since = Instant::now();
+    while started.elapsed() < Duration::from_secs(180) {
+        let now = (
+            tally_metric(base, "tally_compactions_total").await,
+            tally_metric(base, "tally_parquet_files").await,
+        );
+        if now != last {
+            last = now;
+            steady_since = Instant::now();
+        } else if steady_since.elapsed() > settle {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Streams `GET /api/v1/export` of `table` over the window into `file`: the seconds it took.
+async fn export_parquet(base: &str, table: Table, window: &Window, file: &Path) -> f64 {
+    let started = Instant::now();
+    let (from, to) = (rfc3339(window.start_ms), rfc3339(window.end_ms));
+    let mut response = reqwest::Client::new()
+        .get(format!("{base}/api/v1/export"))
+        .query(&[
+            ("table", table.name()),
+            ("from", from.as_str()),
+            ("to", to.as_str()),
+        ])
+        .timeout(Duration::from_secs(3600))
+        .send()
+        .await
+        .expect("GET /api/v1/export");
+    assert!(
+        response.status().is_success(),
+        "export: {}",
+        response.status()
+    );
+    let mut out = std::fs::File::create(file).expect("create export file");
+    while let Some(chunk) = response.chunk().await.expect("export body") {
+        std::io::Write::write_all(&mut out, &chunk).expect("write export");
+    }
+    started.elapsed().as_secs_f64()
+}
+
+async fn tally(
+    ds: &Dataset,
+    work: &Path,
+    window: &Window,
+    repeat: usize,
+) -> (Load, Vec<Answered>, Export) {
+    let data = work.join("tally-data");
+    let (server, flight) = start_tally(&data, &work.join("logs/tally.log"), window.flush()).await;
+    let base = server.base.clone();
+
+    eprintln!("  peers: loading Tally");
+    let cpu_before = machine::process_cpu_seconds(server.pid());
+    let started = Instant::now();
+    flight_load(&ds.arrow_file, Table::ContainerUsage, &flight).await;
     let acknowledged = started.elapsed().as_secs_f64();
     while tally_metric(&base, "tally_hot_rows").await > 0 {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -389,24 +461,7 @@ async fn tally(
     let rss_after_load = server.peak_rss();
     let rows = tally_metric(&base, "tally_ingest_rows_total").await;
     assert_eq!(rows, ds.rows, "Tally acknowledged every row");
-
-    // Let compaction finish (and files it replaced be deleted) before measuring the disk.
-    let settle = Instant::now();
-    let mut last = (u64::MAX, u64::MAX);
-    let mut steady_since = Instant::now();
-    while settle.elapsed() < Duration::from_secs(180) {
-        let now = (
-            tally_metric(&base, "tally_compactions_total").await,
-            tally_metric(&base, "tally_parquet_files").await,
-        );
-        if now != last {
-            last = now;
-            steady_since = Instant::now();
-        } else if steady_since.elapsed() > window.settle {
-            break;
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
+    settle_tally(&base, window.settle).await;
     let raw_bytes = promql::dir_bytes(&data.join("tables/container_usage"));
     let hourly_bytes = promql::dir_bytes(&data.join("tables/container_usage_hourly"));
     let all_bytes = promql::dir_bytes(&data);
@@ -464,33 +519,11 @@ async fn tally(
 
     eprintln!("  peers: exporting Parquet from Tally for DuckDB");
     let export_file = work.join("container_usage.parquet");
-    let started = Instant::now();
-    let (from, to) = (rfc3339(window.start_ms), rfc3339(window.end_ms));
-    let mut response = reqwest::Client::new()
-        .get(format!("{base}/api/v1/export"))
-        .query(&[
-            ("table", "container_usage"),
-            ("from", from.as_str()),
-            ("to", to.as_str()),
-        ])
-        .timeout(Duration::from_secs(3600))
-        .send()
-        .await
-        .expect("GET /api/v1/export");
-    assert!(
-        response.status().is_success(),
-        "export: {}",
-        response.status()
-    );
-    let mut out = std::fs::File::create(&export_file).expect("create export file");
-    while let Some(chunk) = response.chunk().await.expect("export body") {
-        std::io::Write::write_all(&mut out, &chunk).expect("write export");
-    }
-    drop(out);
+    let seconds = export_parquet(&base, Table::ContainerUsage, window, &export_file).await;
     let export = Export {
         file: export_file,
         rows: ds.rows,
-        seconds: started.elapsed().as_secs_f64(),
+        seconds,
     };
     let peak = server.peak_rss();
     drop(server);
@@ -501,7 +534,8 @@ async fn tally(
             "Arrow Flight DoPut, 2 clients, batches of ≤ 65,536 rows, 8 per call. Load time: until \
              the last row is acknowledged (WAL fsync'd and visible to queries, as VictoriaMetrics' \
              rows are after its force_flush); every row was in Parquet with its rollups after \
-             {in_parquet:.1} s (flush interval 10 s); server CPU {cpu:.1} s ({:.0} rows per CPU second)",
+             {in_parquet:.1} s (flush interval {:.0} s); server CPU {cpu:.1} s ({:.0} rows per CPU second)",
+            window.flush().as_secs_f64(),
             ds.rows as f64 / cpu.max(1e-9)
         ),
         seconds: acknowledged,
@@ -593,6 +627,36 @@ async fn victoria_metrics(
     repeat: usize,
 ) -> (Load, Answered) {
     let data = work.join("victoria-metrics-data");
+    let server = start_victoria_metrics(&data, &work.join("logs/victoria-metrics.log")).await;
+    eprintln!("  peers: loading VictoriaMetrics");
+    let cpu_before = machine::process_cpu_seconds(server.pid());
+    let seconds = import_victoria_metrics(&server, &ds.vm_files).await;
+    let cpu = machine::process_cpu_seconds(server.pid()) - cpu_before;
+    let rss_after_load = server.peak_rss();
+    let disk = settle_dir(&data, window.settle).await;
+    eprintln!("  peers: asking VictoriaMetrics");
+    let answered = ask_promql("VictoriaMetrics", &server.base, window, repeat).await;
+    let load = Load {
+        system: "VictoriaMetrics",
+        how: format!(
+            "`POST /api/v1/import/prometheus`, {} requests (one hour of text each), then \
+             `/internal/force_flush`; server CPU {cpu:.1} s",
+            ds.vm_files.len()
+        ),
+        seconds,
+        disk_bytes: disk,
+        disk_note: "whole `-storageDataPath` (data + indexdb) after merges settled".into(),
+        peak_rss: server.peak_rss(),
+        rss_note: format!(
+            "`victoria-metrics` VmHWM ({} after loading)",
+            machine::mib(rss_after_load)
+        ),
+    };
+    (load, answered)
+}
+
+/// Starts VictoriaMetrics on `data` (loopback, the past kept, no response cache).
+async fn start_victoria_metrics(data: &Path, log: &Path) -> Server {
     let port = promql::free_port();
     let mut command = Command::new("victoria-metrics");
     command
@@ -604,19 +668,15 @@ async fn victoria_metrics(
         .arg("-search.disableCache")
         .arg("-search.maxQueryDuration=1h")
         .arg("-search.maxSamplesPerQuery=100000000000");
-    let server = Server::start(
-        "victoria-metrics",
-        command,
-        port,
-        "/health",
-        &work.join("logs/victoria-metrics.log"),
-    )
-    .await;
-    eprintln!("  peers: loading VictoriaMetrics");
+    Server::start("victoria-metrics", command, port, "/health", log).await
+}
+
+/// Imports the text files (one request each), then `/internal/force_flush`: the seconds the
+/// requests took (reading the files is not counted).
+async fn import_victoria_metrics(server: &Server, files: &[PathBuf]) -> f64 {
     let client = reqwest::Client::new();
-    let cpu_before = machine::process_cpu_seconds(server.pid());
     let mut seconds = 0.0;
-    for file in &ds.vm_files {
+    for file in files {
         let body = std::fs::read(file).expect("read import file");
         let started = Instant::now();
         let response = client
@@ -644,54 +704,44 @@ async fn victoria_metrics(
         "force_flush: {}",
         flushed.status()
     );
-    seconds += started.elapsed().as_secs_f64();
-    let cpu = machine::process_cpu_seconds(server.pid()) - cpu_before;
-    let rss_after_load = server.peak_rss();
-    // Background merges shrink the parts: measure when the directory stops changing.
-    let settle = Instant::now();
+    seconds + started.elapsed().as_secs_f64()
+}
+
+/// Waits until `dir`'s size stays unchanged for `settle` (background merges done; at most
+/// 180 s) and returns it.
+async fn settle_dir(dir: &Path, settle: Duration) -> u64 {
+    let started = Instant::now();
     let (mut last, mut steady_since) = (u64::MAX, Instant::now());
-    while settle.elapsed() < Duration::from_secs(180) {
-        let now = promql::dir_bytes(&data);
+    while started.elapsed() < Duration::from_secs(180) {
+        let now = promql::dir_bytes(dir);
         if now != last {
             (last, steady_since) = (now, Instant::now());
-        } else if steady_since.elapsed() > window.settle {
+        } else if steady_since.elapsed() > settle {
             break;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    let disk = promql::dir_bytes(&data);
-    eprintln!("  peers: asking VictoriaMetrics");
-    let answered = ask_promql("VictoriaMetrics", &server.base, window, repeat).await;
-    let load = Load {
-        system: "VictoriaMetrics",
-        how: format!(
-            "`POST /api/v1/import/prometheus`, {} requests (one hour of text each), then \
-             `/internal/force_flush`; server CPU {cpu:.1} s",
-            ds.vm_files.len()
-        ),
-        seconds,
-        disk_bytes: disk,
-        disk_note: "whole `-storageDataPath` (data + indexdb) after merges settled".into(),
-        peak_rss: server.peak_rss(),
-        rss_note: format!(
-            "`victoria-metrics` VmHWM ({} after loading)",
-            machine::mib(rss_after_load)
-        ),
-    };
-    (load, answered)
+    promql::dir_bytes(dir)
 }
 
-async fn prometheus(ds: &Dataset, work: &Path, window: &Window, repeat: usize) -> (Load, Answered) {
-    let data = work.join("prometheus-data");
-    eprintln!("  peers: loading Prometheus (promtool backfill)");
+/// `promtool tsdb create-blocks-from openmetrics` of `file` into `data`, then `prometheus`
+/// started on the blocks (logs named after `name`): promtool's wall time and peak RSS, the
+/// blocks' bytes, and the server.
+async fn backfill_prometheus(
+    file: &Path,
+    data: &Path,
+    work: &Path,
+    name: &str,
+) -> (f64, u64, u64, Server) {
     let mut backfill = Command::new("promtool");
     backfill
         .args(["tsdb", "create-blocks-from", "openmetrics", "--quiet"])
-        .arg(&ds.openmetrics_file)
-        .arg(&data);
-    let (seconds, promtool_rss) = promql::run_measured(backfill, &work.join("logs/promtool.log"));
-    let disk = promql::dir_bytes(&data);
-    let config = work.join("prometheus.yml");
+        .arg(file)
+        .arg(data);
+    let (seconds, promtool_rss) =
+        promql::run_measured(backfill, &work.join(format!("logs/promtool-{name}.log")));
+    let disk = promql::dir_bytes(data);
+    let config = work.join(format!("{name}.yml"));
     std::fs::write(
         &config,
         "global:\n  scrape_interval: 1h\nscrape_configs: []\n",
@@ -711,9 +761,17 @@ async fn prometheus(ds: &Dataset, work: &Path, window: &Window, repeat: usize) -
         command,
         port,
         "/-/ready",
-        &work.join("logs/prometheus.log"),
+        &work.join(format!("logs/{name}.log")),
     )
     .await;
+    (seconds, promtool_rss, disk, server)
+}
+
+async fn prometheus(ds: &Dataset, work: &Path, window: &Window, repeat: usize) -> (Load, Answered) {
+    let data = work.join("prometheus-data");
+    eprintln!("  peers: loading Prometheus (promtool backfill)");
+    let (seconds, promtool_rss, disk, server) =
+        backfill_prometheus(&ds.openmetrics_file, &data, work, "prometheus").await;
     eprintln!("  peers: asking Prometheus");
     let answered = ask_promql("Prometheus", &server.base, window, repeat).await;
     let load = Load {
@@ -841,15 +899,8 @@ fn best(seconds: &[f64]) -> f64 {
     seconds.iter().copied().fold(f64::INFINITY, f64::min)
 }
 
-fn report(
-    ds: &Dataset,
-    versions: &[String; 3],
-    loads: &[Load],
-    answered: &[Answered],
-    short: &HashSet<Key>,
-    window: &Window,
-    repeat: usize,
-) -> String {
+/// The loading table's rows (`rows` loaded by each system) and the notes under it.
+fn load_table(loads: &[Load], rows: u64) -> (String, String) {
     let tally = &loads[0];
     let mut load_lines = Vec::new();
     for l in loads {
@@ -857,10 +908,10 @@ fn report(
             "| {} | {:.1} s | {:.0} | {:.2} | {} | {:.2} | {:.2} | {} | {:.2} |",
             l.system,
             l.seconds,
-            ds.rows as f64 / l.seconds,
+            rows as f64 / l.seconds,
             l.seconds / tally.seconds,
             machine::mib(l.disk_bytes),
-            l.disk_bytes as f64 / ds.rows as f64,
+            l.disk_bytes as f64 / rows as f64,
             l.disk_bytes as f64 / tally.disk_bytes as f64,
             machine::mib(l.peak_rss),
             l.peak_rss as f64 / tally.peak_rss as f64,
@@ -876,6 +927,20 @@ fn report(
         })
         .collect::<Vec<_>>()
         .join("\n");
+    (load_lines.join("\n"), notes)
+}
+
+fn report(
+    ds: &Dataset,
+    versions: &[String; 3],
+    loads: &[Load],
+    answered: &[Answered],
+    short: &HashSet<Key>,
+    window: &Window,
+    repeat: usize,
+) -> String {
+    let tally = &loads[0];
+    let (load_lines, notes) = load_table(loads, ds.rows);
 
     let rollups = &answered[0];
     let peers: Vec<&Answered> = answered
@@ -992,7 +1057,7 @@ fn report(
          Rows/s is rows ÷ the load time; \"÷ Tally\" is the system's figure over Tally's (above 1: \
          Tally is faster, smaller or leaner).\n\n\
          | system | load time | rows/s | time ÷ Tally | on disk | bytes/row | disk ÷ Tally | peak RSS | RSS ÷ Tally |\n\
-         |---|---|---|---|---|---|---|---|---|\n{}\n\n{notes}\n\n\
+         |---|---|---|---|---|---|---|---|---|\n{load_lines}\n\n{notes}\n\n\
          ### Questions over the whole window\n\n\
          Wall time of each of {repeat} runs (client to answer over loopback HTTP; for the peers the \
          two PromQL queries `quantile_over_time(0.95, {CPU_METRIC}[{w}])` and \
@@ -1026,7 +1091,6 @@ fn report(
         versions[0],
         versions[1],
         versions[2],
-        load_lines.join("\n"),
         tally_analysis::AnalysisConfig::default().default_cpu_core_hour_usd,
         tally_analysis::AnalysisConfig::default().default_memory_gib_hour_usd,
         query_lines.join("\n"),
