@@ -129,6 +129,14 @@ pub async fn peers(options: Options) -> (String, String) {
     let (prom_load, prom_answers) = prometheus(&ds, work, &window, repeat).await;
     let (duck_load, duck_answers, duck_version, short) =
         duckdb(&export, work, &window, repeat, &versions.python);
+    if !options.keep {
+        // Room for the flows: the usage part's import files and stores are done with.
+        let _ = std::fs::remove_dir_all(work.join("dataset/vm-container_usage"));
+        let _ = std::fs::remove_file(&ds.openmetrics_file);
+        for dir in ["tally-data", "victoria-metrics-data", "prometheus-data"] {
+            let _ = std::fs::remove_dir_all(work.join(dir));
+        }
+    }
     let flows = flows::flows(&ds, work, &window, repeat, &versions.python).await;
 
     if !options.keep {
