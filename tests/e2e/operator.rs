@@ -132,7 +132,35 @@ impl Drop for Rig {
     }
 }
 
+/// How `tally serve` was started, to start it again on the same data and ports.
+pub(crate) struct ApplianceStart {
+    data: std::path::PathBuf,
+    flight: String,
+    http: String,
+    args: Vec<String>,
+}
+
+impl ApplianceStart {
+    pub(crate) fn start(&self) -> Server {
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        start_tally_at(&self.data, &self.flight, &self.http, &args).unwrap()
+    }
+}
+
+/// The rig with the operator polling every second.
 pub(crate) async fn rig(prefix: &str) -> Rig {
+    rig_with(prefix, "1s", &[]).await.0
+}
+
+/// The real appliance and operator in a namespace of their own: the operator reconciles every
+/// `poll_interval`; `extra` are more flags of `tally serve`. Also answers how the appliance
+/// was started (to restart it on the same data and ports) and the test's own client
+/// certificate.
+pub(crate) async fn rig_with(
+    prefix: &str,
+    poll_interval: &str,
+    extra: &[&str],
+) -> (Rig, ApplianceStart, tally_wire::ClientTls) {
     let cluster = cluster();
     install_crds(&cluster);
     let mut ns = TestNamespace::create(&cluster, prefix);
@@ -153,37 +181,39 @@ pub(crate) async fn rig(prefix: &str) -> Rig {
     let operator_kubeconfig = cluster.kubeconfig_for_token(dir.path(), "operator", &operator_token);
 
     let bootstrap = free_address();
-    let ca_secret = format!("{n}/tally-ca");
-    let args = [
-        "--bootstrap-allow",
-        &format!("{n}:operator"),
-        "--kube-api-server",
-        &cluster.api_server,
-        "--kube-ca",
-        &api_ca_file.display().to_string(),
-        "--kube-token-file",
-        &appliance_token_file.display().to_string(),
-        "--server-name",
-        "127.0.0.1",
-        "--flush-interval",
-        "1s",
-        // The test is the analysis here: no periodic run writes rows of its own.
-        "--analysis-interval",
-        "0",
-        "--ca-secret",
-        &ca_secret,
-        "--bootstrap-listen",
-        &bootstrap,
-    ]
-    .map(str::to_string);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let appliance = start_tally_at(
-        &dir.path().join("data"),
-        &free_address(),
-        &free_address(),
-        &args,
-    )
-    .unwrap();
+    let start = ApplianceStart {
+        data: dir.path().join("data"),
+        flight: free_address(),
+        http: free_address(),
+        args: [
+            "--bootstrap-allow",
+            &format!("{n}:operator"),
+            "--kube-api-server",
+            &cluster.api_server,
+            "--kube-ca",
+            &api_ca_file.display().to_string(),
+            "--kube-token-file",
+            &appliance_token_file.display().to_string(),
+            "--server-name",
+            "127.0.0.1",
+            "--flush-interval",
+            "1s",
+            // The test is the analysis here: no periodic run writes rows of its own.
+            "--analysis-interval",
+            "0",
+            // The CA lives in this Secret: a restarted appliance keeps it, so the operator's
+            // certificate stays valid.
+            "--ca-secret",
+            &format!("{n}/tally-ca"),
+            "--bootstrap-listen",
+            &bootstrap,
+        ]
+        .iter()
+        .chain(extra)
+        .map(|a| a.to_string())
+        .collect(),
+    };
+    let appliance = start.start();
     let ca_pem = cluster.published_ca(&n);
     let ca_file = dir.path().join("appliance-ca.crt");
     std::fs::write(&ca_file, &ca_pem).unwrap();
@@ -196,23 +226,18 @@ pub(crate) async fn rig(prefix: &str) -> Rig {
     )
     .await
     .expect("a client certificate for the test");
-    let ingest = IngestClient::connect(
-        &appliance.flight_url.replace("http://", "https://"),
-        Some(issued.tls),
-    )
-    .await
-    .expect("connect to the appliance");
+    let flight_url = appliance.flight_url.replace("http://", "https://");
+    let ingest = IngestClient::connect(&flight_url, Some(issued.tls.clone()))
+        .await
+        .expect("connect to the appliance");
 
     let log = dir.path().join("operator.log");
     let mut child = Command::new(tally_agent_bin())
         .arg("operator")
-        .args(["--listen", "127.0.0.1:0", "--poll-interval", "1s"])
+        .args(["--listen", "127.0.0.1:0", "--poll-interval", poll_interval])
         // Tests run side by side, each with its own operator: each serves its namespace.
         .args(["--namespace", &n])
-        .args([
-            "--appliance",
-            &appliance.flight_url.replace("http://", "https://"),
-        ])
+        .args(["--appliance", &flight_url])
         .args(["--bootstrap-url", &format!("https://{bootstrap}")])
         .arg("--appliance-ca")
         .arg(&ca_file)
@@ -241,7 +266,7 @@ pub(crate) async fn rig(prefix: &str) -> Rig {
         }
     };
     std::thread::spawn(move || for _ in lines {});
-    Rig {
+    let rig = Rig {
         operator: Some(Operator {
             child,
             health_url,
@@ -251,7 +276,8 @@ pub(crate) async fn rig(prefix: &str) -> Rig {
         ingest,
         _dir: dir,
         ns,
-    }
+    };
+    (rig, start, issued.tls)
 }
 
 /// One container's recommendation row.

@@ -8,148 +8,17 @@
 //! The test is the analysis, as in `operator.rs`: it writes `recommendations` rows with
 //! `DoPut`, which announces the run to the stream's subscribers.
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tally_e2e::cluster::{TestNamespace, cluster, free_address, start_tally_at, tally_agent_bin};
 use tally_wire::IngestClient;
-use tally_wire::bootstrap::request_certificate;
 
-use crate::operator::{MI, Operator, Rec, Rig, container, install_crds};
+use crate::operator::{ApplianceStart, MI, Rec, Rig, container, rig_with};
 
-/// How `tally serve` was started, to start it again on the same data and ports.
-struct ApplianceStart {
-    data: std::path::PathBuf,
-    flight: String,
-    http: String,
-    args: Vec<String>,
-}
-
-impl ApplianceStart {
-    fn start(&self) -> tally_e2e::Server {
-        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
-        start_tally_at(&self.data, &self.flight, &self.http, &args).unwrap()
-    }
-}
-
-/// The rig of `operator.rs`, with the operator polling once an hour; `extra`: more flags
-/// of `tally serve`.
+/// The rig of `operator.rs`, with the operator polling once an hour (within these tests no
+/// run can reach it by a poll after the first); `extra`: more flags of `tally serve`.
 async fn stream_rig(prefix: &str, extra: &[&str]) -> (Rig, ApplianceStart, tally_wire::ClientTls) {
-    let cluster = cluster();
-    install_crds(&cluster);
-    let mut ns = TestNamespace::create(&cluster, prefix);
-    let n = ns.name.clone();
-    ns.agent_account(
-        include_str!("../../agents/operator/rbac.yaml"),
-        "tally-operator",
-        "operator",
-    );
-    ns.appliance_account();
-    let dir = tempfile::tempdir().unwrap();
-    let operator_token_file = ns.token_file(dir.path(), "operator");
-    let appliance_token_file = ns.token_file(dir.path(), "appliance");
-    let operator_token = std::fs::read_to_string(&operator_token_file).unwrap();
-    let api_ca_file = dir.path().join("api-ca.crt");
-    std::fs::write(&api_ca_file, &cluster.ca_pem).unwrap();
-    let operator_kubeconfig = cluster.kubeconfig_for_token(dir.path(), "operator", &operator_token);
-
-    let bootstrap = free_address();
-    let start = ApplianceStart {
-        data: dir.path().join("data"),
-        flight: free_address(),
-        http: free_address(),
-        args: [
-            "--bootstrap-allow",
-            &format!("{n}:operator"),
-            "--kube-api-server",
-            &cluster.api_server,
-            "--kube-ca",
-            &api_ca_file.display().to_string(),
-            "--kube-token-file",
-            &appliance_token_file.display().to_string(),
-            "--server-name",
-            "127.0.0.1",
-            "--flush-interval",
-            "1s",
-            // The test is the analysis: no periodic run writes rows of its own.
-            "--analysis-interval",
-            "0",
-            // The CA lives in this Secret: a restarted appliance keeps it, so the
-            // operator's certificate stays valid.
-            "--ca-secret",
-            &format!("{n}/tally-ca"),
-            "--bootstrap-listen",
-            &bootstrap,
-        ]
-        .iter()
-        .chain(extra)
-        .map(|a| a.to_string())
-        .collect(),
-    };
-    let appliance = start.start();
-    let ca_pem = cluster.published_ca(&n);
-    let ca_file = dir.path().join("appliance-ca.crt");
-    std::fs::write(&ca_file, &ca_pem).unwrap();
-    let issued = request_certificate(
-        &format!("https://{bootstrap}"),
-        ca_pem.as_bytes(),
-        &operator_token,
-    )
-    .await
-    .expect("a client certificate for the test");
-    let flight_url = appliance.flight_url.replace("http://", "https://");
-    let ingest = IngestClient::connect(&flight_url, Some(issued.tls.clone()))
-        .await
-        .expect("connect to the appliance");
-
-    let log = dir.path().join("operator.log");
-    let mut child = Command::new(tally_agent_bin())
-        .arg("operator")
-        // An hour: within this test, no run can reach the operator by a poll after the first.
-        .args(["--listen", "127.0.0.1:0", "--poll-interval", "1h"])
-        .args(["--namespace", &n])
-        .args(["--appliance", &flight_url])
-        .args(["--bootstrap-url", &format!("https://{bootstrap}")])
-        .arg("--appliance-ca")
-        .arg(&ca_file)
-        .arg("--token-file")
-        .arg(&operator_token_file)
-        .arg("--kubeconfig")
-        .arg(&operator_kubeconfig)
-        .env_remove("KUBECONFIG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
-        .spawn()
-        .expect("start tally-agent operator");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
-    let health_url = loop {
-        match lines.next() {
-            Some(Ok(line)) => {
-                if let Some(addr) = line.strip_prefix("listening ") {
-                    break format!("http://{addr}");
-                }
-            }
-            _ => panic!(
-                "tally-agent operator exited before it was ready:\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            ),
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    let rig = Rig {
-        operator: Some(Operator {
-            child,
-            health_url,
-            log,
-        }),
-        appliance,
-        ingest,
-        _dir: dir,
-        ns,
-    };
-    (rig, start, issued.tls)
+    rig_with(prefix, "1h", extra).await
 }
 
 /// Waits (up to `within`) until the operator's metric `name` is `wanted` (or more, for a
