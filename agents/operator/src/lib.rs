@@ -220,26 +220,7 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
         Ordering::Relaxed,
     );
 
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .map_err(|source| OperatorError::Listen {
-            addr: args.listen,
-            source,
-        })?;
-    let addr = listener
-        .local_addr()
-        .map_err(|source| OperatorError::Listen {
-            addr: args.listen,
-            source,
-        })?;
-    // The tests read the bound address from stdout.
-    println!("listening {addr}");
-    let router = health::router(metrics.clone());
-    tokio::spawn(async move {
-        if let Err(error) = axum::serve(listener, router).await {
-            tracing::error!(%error, "health listener stopped");
-        }
-    });
+    serve_health(args.listen, metrics.clone()).await?;
     if let Some(listen) = args.webhook.webhook_listen {
         let addr = webhook::start(client.clone(), metrics.clone(), &args.webhook, listen).await?;
         println!("webhook listening {addr}");
@@ -320,32 +301,38 @@ pub async fn run(args: OperatorArgs) -> Result<(), OperatorError> {
     Ok(())
 }
 
+/// Serves `/healthz`, `/readyz` and `/metrics` on `listen` in the background and prints
+/// `listening ADDR` (the bound address: the tests read it from stdout).
+async fn serve_health(listen: SocketAddr, metrics: Arc<Metrics>) -> Result<(), OperatorError> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|source| OperatorError::Listen {
+            addr: listen,
+            source,
+        })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| OperatorError::Listen {
+            addr: listen,
+            source,
+        })?;
+    println!("listening {addr}");
+    let router = health::router(metrics);
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, router).await {
+            tracing::error!(%error, "health listener stopped");
+        }
+    });
+    Ok(())
+}
+
 /// Runs the admission webhook and its health check alone (`tally-agent webhook`) until
 /// SIGTERM or Ctrl-C: no appliance, no reconcile passes; `/readyz` is the webhook's health.
 pub async fn run_webhook(args: WebhookServerArgs) -> Result<(), OperatorError> {
     let client = kube_client(args.kubeconfig.as_deref()).await?;
     let metrics = Arc::new(Metrics::default());
     metrics.webhook_only.store(true, Ordering::Relaxed);
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .map_err(|source| OperatorError::Listen {
-            addr: args.listen,
-            source,
-        })?;
-    let addr = listener
-        .local_addr()
-        .map_err(|source| OperatorError::Listen {
-            addr: args.listen,
-            source,
-        })?;
-    // The tests read the bound addresses from stdout.
-    println!("listening {addr}");
-    let router = health::router(metrics.clone());
-    tokio::spawn(async move {
-        if let Err(error) = axum::serve(listener, router).await {
-            tracing::error!(%error, "health listener stopped");
-        }
-    });
+    serve_health(args.listen, metrics.clone()).await?;
     let listen = args
         .webhook
         .webhook_listen
