@@ -350,8 +350,10 @@ fn duckdb(
             .map(|m| m.len())
             .unwrap_or(0),
         disk_note: "the exported Parquet file".into(),
-        peak_rss: peak,
-        rss_note: "the Python process running DuckDB (wait4 maxrss)".into(),
+        peak_rss: peak.max(json["peak_rss_bytes"].as_u64().unwrap_or(0)),
+        rss_note: "the Python process running DuckDB (VmHWM, polled and as the script read it at \
+                   its end)"
+            .into(),
     };
     let seconds = json["bytes"]["seconds"]
         .as_array()
