@@ -18,8 +18,8 @@ through helm-python-sdk, DuckDB). tests/run.sh runs it. Steps, each printed with
     kubectl. Nothing of the chart is overridden but user values (registry, storage class,
     intervals, the analysis's confidence hold).
  3. Ready: every pod Ready through its own readiness probe; the time from apply to ready is
-    recorded. The agents' certificates come from the appliance's TokenReview bootstrap (the
-    chart has no other way): their data arriving proves it.
+    recorded. The appliance's log shows the certificate its TokenReview bootstrap issued to
+    each agent's ServiceAccount (the chart gives them no other way to get one).
  4. Workloads of the test (a busy pod, an idle over-provisioned Deployment, a Deployment
     that is OOM-killed) show up in SQL; an analysis run recommends shrinking the idle one
     and growing the OOM-killed one.
@@ -304,6 +304,16 @@ def install(cluster: Cluster, values_file: str) -> tuple[list[dict], float]:
     else:
         fail(f"netmon on {netmon_nodes}, nodes are {cluster.nodes}")
     ok(f"all {len(pods)} pods Ready {ready_seconds:.0f}s after apply")
+    # The chart gives the agents no certificate: each one presents its ServiceAccount token to
+    # the appliance's bootstrap endpoint, which checks it with a TokenReview and signs one.
+    agents = {f"system:serviceaccount:{NAMESPACE}:{RELEASE}-{a}" for a in ("collector", "operator", "netmon")}
+
+    def issued():
+        log = cluster.kubectl("-n", NAMESPACE, "logs", f"{RELEASE}-appliance-0")
+        got = set(re.findall(r"issued an agent certificate identity=(\S+)", log))
+        return got if agents <= got else None
+    got = wait("an agent certificate issued to the collector, the operator and netmon", 120, issued)
+    ok(f"the appliance's bootstrap issued certificates (TokenReview) to {', '.join(sorted(got))}")
     dead = on_dead_nodes(cluster, NAMESPACE)
     if dead:
         print(f"(not counted: {len(dead)} netmon pods bound to the kubelet-less fake nodes "
