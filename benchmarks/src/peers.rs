@@ -398,6 +398,53 @@ async fn flight_load(file: &Path, table: Table, flight: &str) {
     reader.await.expect("reader");
 }
 
+/// What loading one table into Tally took.
+struct TallyLoad {
+    /// Seconds until the last row was acknowledged.
+    acknowledged: f64,
+    /// Seconds until no row was left in the hot buffer (all in Parquet, rollups included).
+    in_parquet: f64,
+    /// The server's CPU seconds over the load.
+    cpu: f64,
+    /// The server's peak RSS right after the load.
+    rss_after_load: u64,
+}
+
+/// Loads an Arrow file into `table` of a running Tally ([`flight_load`]), waits until every
+/// row is in Parquet, checks that `rows` were acknowledged, and lets compaction settle.
+async fn load_tally(
+    server: &Server,
+    flight: &str,
+    file: &Path,
+    table: Table,
+    rows: u64,
+    settle: Duration,
+) -> TallyLoad {
+    let base = &server.base;
+    let cpu_before = machine::process_cpu_seconds(server.pid());
+    let started = Instant::now();
+    flight_load(file, table, flight).await;
+    let acknowledged = started.elapsed().as_secs_f64();
+    while tally_metric(base, "tally_hot_rows").await > 0 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let in_parquet = started.elapsed().as_secs_f64();
+    let cpu = machine::process_cpu_seconds(server.pid()) - cpu_before;
+    let rss_after_load = server.peak_rss();
+    let acknowledged_rows = tally_metric(base, "tally_ingest_rows_total").await;
+    assert_eq!(
+        acknowledged_rows, rows,
+        "Tally acknowledged every row of {table:?}"
+    );
+    settle_tally(base, settle).await;
+    TallyLoad {
+        acknowledged,
+        in_parquet,
+        cpu,
+        rss_after_load,
+    }
+}
+
 /// Lets compaction finish (and the files it replaced be deleted) before the disk is measured:
 /// returns when compactions and file count stayed unchanged for `settle` (at most 180 s).
 async fn settle_tally(base: &str, settle: Duration) {
@@ -457,19 +504,20 @@ async fn tally(
     let base = server.base.clone();
 
     eprintln!("  peers: loading Tally");
-    let cpu_before = machine::process_cpu_seconds(server.pid());
-    let started = Instant::now();
-    flight_load(&ds.arrow_file, Table::ContainerUsage, &flight).await;
-    let acknowledged = started.elapsed().as_secs_f64();
-    while tally_metric(&base, "tally_hot_rows").await > 0 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let in_parquet = started.elapsed().as_secs_f64();
-    let cpu = machine::process_cpu_seconds(server.pid()) - cpu_before;
-    let rss_after_load = server.peak_rss();
-    let rows = tally_metric(&base, "tally_ingest_rows_total").await;
-    assert_eq!(rows, ds.rows, "Tally acknowledged every row");
-    settle_tally(&base, window.settle).await;
+    let TallyLoad {
+        acknowledged,
+        in_parquet,
+        cpu,
+        rss_after_load,
+    } = load_tally(
+        &server,
+        &flight,
+        &ds.arrow_file,
+        Table::ContainerUsage,
+        ds.rows,
+        window.settle,
+    )
+    .await;
     let raw_bytes = promql::dir_bytes(&data.join("tables/container_usage"));
     let hourly_bytes = promql::dir_bytes(&data.join("tables/container_usage_hourly"));
     let all_bytes = promql::dir_bytes(&data);

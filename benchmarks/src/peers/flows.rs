@@ -18,7 +18,6 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use arrow::array::{Array, RecordBatch};
 use tally_wire::Table;
@@ -26,9 +25,9 @@ use tally_wire::Table;
 use super::dataset::{Dataset, FLOW_RX_METRIC, FLOW_TX_METRIC};
 use super::promql;
 use super::{
-    Load, Window, backfill_prometheus, best, export_parquet, flight_load, float_column,
-    import_victoria_metrics, load_table, post_sql, settle_dir, settle_tally, start_tally,
-    start_victoria_metrics, string_column, tally_metric, times, timestamp, window_selector,
+    Load, TallyLoad, Window, backfill_prometheus, best, export_parquet, float_column,
+    import_victoria_metrics, load_table, load_tally, post_sql, settle_dir, start_tally,
+    start_victoria_metrics, string_column, times, timestamp, window_selector,
 };
 use crate::machine;
 
@@ -124,19 +123,20 @@ async fn tally(
         start_tally(&data, &work.join("logs/tally-flows.log"), window.flush()).await;
     let base = server.base.clone();
     eprintln!("  peers: loading Tally (network flows)");
-    let cpu_before = machine::process_cpu_seconds(server.pid());
-    let started = Instant::now();
-    flight_load(&ds.flows.arrow_file, Table::NetworkFlows, &flight).await;
-    let acknowledged = started.elapsed().as_secs_f64();
-    while tally_metric(&base, "tally_hot_rows").await > 0 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let in_parquet = started.elapsed().as_secs_f64();
-    let cpu = machine::process_cpu_seconds(server.pid()) - cpu_before;
-    let rss_after_load = server.peak_rss();
-    let rows = tally_metric(&base, "tally_ingest_rows_total").await;
-    assert_eq!(rows, ds.flows.rows, "Tally acknowledged every flow row");
-    settle_tally(&base, window.settle).await;
+    let TallyLoad {
+        acknowledged,
+        in_parquet,
+        cpu,
+        rss_after_load,
+    } = load_tally(
+        &server,
+        &flight,
+        &ds.flows.arrow_file,
+        Table::NetworkFlows,
+        ds.flows.rows,
+        window.settle,
+    )
+    .await;
     let table_bytes = promql::dir_bytes(&data.join("tables/network_flows"));
     let all_bytes = promql::dir_bytes(&data);
 
