@@ -326,15 +326,17 @@ class Appliance:
     def __init__(self, cluster: Cluster, token: str) -> None:
         self.cluster = cluster
         self.token = token
+        self.ip: str | None = None  # the pod's address, looked up once per pod
 
     def pod(self) -> dict:
         return self.cluster.json("-n", NAMESPACE, "get", "pod", f"{RELEASE}-appliance-0")
 
     def address(self) -> str:
-        ip = self.pod()["status"].get("podIP")
-        if not ip:
-            raise RuntimeError("the appliance pod has no IP yet")
-        return f"http://{ip}:8080"
+        if self.ip is None:
+            self.ip = self.pod()["status"].get("podIP")
+            if not self.ip:
+                raise RuntimeError("the appliance pod has no IP yet")
+        return f"http://{self.ip}:8080"
 
     def curl(self, path: str, *args: str) -> str:
         return self.cluster.in_cp("curl", "-sS", "--fail-with-body", "--max-time", "60",
@@ -511,6 +513,7 @@ def appliance_restart(cluster: Cluster, app: Appliance) -> None:
         conds = {c["type"]: c["status"] for c in pod["status"].get("conditions", [])}
         return pod if pod["metadata"]["uid"] != before_uid and conds.get("Ready") == "True" else None
     pod = wait("a new, Ready appliance pod", 300, back)
+    app.ip = None  # the new pod has an address of its own
     claim = [v for v in pod["spec"]["volumes"] if v["name"] == "data"][0]["persistentVolumeClaim"]["claimName"]
     pvc = cluster.json("-n", NAMESPACE, "get", "pvc", claim)
     if pvc["spec"]["volumeName"] == PV_NAME:
@@ -630,14 +633,20 @@ def uninstall(cluster: Cluster, objs: list[dict]) -> None:
     force_delete_dead(cluster, NAMESPACE)
     wait("no pod of the release left", 180,
          lambda: not cluster.json("-n", NAMESPACE, "get", "pods")["items"])
+    # Every object the chart rendered, namespaced or cluster-scoped (RBAC included), is gone.
     left = cluster.kubectl("-n", NAMESPACE, "get", "all", "-o", "name").split()
+    for o in objs:
+        ns = ["-n", NAMESPACE] if o["metadata"].get("namespace") else []
+        left += cluster.kubectl(*ns, "get", o["kind"], o["metadata"]["name"], "--ignore-not-found",
+                                "-o", "name").split()
     pvcs = cluster.kubectl("-n", NAMESPACE, "get", "pvc", "-o", "name").split()
     ca = cluster.kubectl("-n", NAMESPACE, "get", "secret,configmap", f"{RELEASE}-ca", "-o", "name",
                          "--ignore-not-found").split()
     if left:
         fail(f"left after uninstall: {left}")
     elif pvcs == [f"persistentvolumeclaim/data-{RELEASE}-appliance-0"] and len(ca) == 2:
-        ok(f"nothing left but the data claim {pvcs[0]} and the CA {ca}, as helm/README.md says")
+        ok(f"none of the {len(objs)} objects of the release is left, only the data claim {pvcs[0]} "
+           f"and the CA {ca}, as helm/README.md says")
     else:
         fail(f"after uninstall: claims {pvcs}, CA objects {ca}")
 
